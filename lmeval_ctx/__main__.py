@@ -1,0 +1,5 @@
+import sys
+
+from lmeval_ctx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""Context-extension methods as pure functions, one registry per position family.
+
+The maths lives in :mod:`lmeval_ctx.methods.rope` (what goes into a transformers
+``rope_parameters`` dict) and :mod:`lmeval_ctx.methods.alibi` (ALiBi slopes).
+This module holds the one vocabulary both families share and its validation.
+Nothing here imports lm-eval or transformers' model classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+# The user-facing names; the aliases map onto them.
+METHOD_NAMES = ("none", "pi", "ntk", "dynamic_ntk", "yarn")
+METHOD_ALIASES = {"linear": "pi", "dynamic": "dynamic_ntk", "ntk_alibi": "ntk"}
+ALL_METHOD_SPELLINGS = METHOD_NAMES + tuple(METHOD_ALIASES)
+
+# Methods whose position scaling depends on the current sequence length, so a
+# token's loss depends on how long the whole input is.
+LENGTH_DEPENDENT_METHODS = frozenset({"dynamic_ntk"})
+
+
+def canonical_method(scaling: str | None, *, family: str | None = None) -> str:
+    """Return the canonical method name for a user spelling, or raise ValueError.
+
+    ``family`` ("rope" or "alibi") enables the family-specific checks:
+    ``ntk_alibi`` is only meaningful on ALiBi models, ``yarn`` only on RoPE ones.
+    """
+    raw = "none" if scaling is None else str(scaling).strip().lower()
+    if raw in ("", "null"):
+        raw = "none"
+    if raw not in ALL_METHOD_SPELLINGS:
+        raise ValueError(
+            f"scaling={scaling!r} is not a known context-extension method. "
+            f"Use one of: {', '.join(METHOD_NAMES)} "
+            f"(aliases: {', '.join(f'{a}={c}' for a, c in METHOD_ALIASES.items())})."
+        )
+    method = METHOD_ALIASES.get(raw, raw)
+    if family == "rope" and raw == "ntk_alibi":
+        raise ValueError(
+            "scaling='ntk_alibi' is the ALiBi form of NTK scaling, but this model uses RoPE. "
+            "Use scaling=ntk for NTK-aware RoPE scaling."
+        )
+    if family == "alibi" and method == "yarn":
+        raise ValueError(
+            "scaling='yarn' rescales RoPE frequencies and has no ALiBi form; this model uses ALiBi. "
+            "Use scaling=pi (slope interpolation), ntk (NTK-ALiBi) or dynamic_ntk."
+        )
+    return method
+
+
+def validate_factor(factor, *, name: str = "factor") -> float:
+    """Return ``factor`` as a float >= 1, or raise ValueError naming the fix."""
+    try:
+        value = float(factor)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name}={factor!r} is not a number. Pass the scale factor L'/L as a number >= 1, e.g. {name}=4."
+        ) from None
+    if not math.isfinite(value) or value < 1.0:
+        raise ValueError(
+            f"{name}={factor!r} must be a finite number >= 1 (it is the ratio of the evaluated "
+            f"length to the trained length). To evaluate inside the trained window use scaling=none."
+        )
+    return value

@@ -1,0 +1,155 @@
+"""``ctx-hf``: lm-eval's HFLM with a context-extension method applied before scoring.
+
+RoPE methods (PI, NTK-aware, dynamic NTK, YaRN) are written into the config
+before transformers builds the model; ALiBi methods (interpolation, NTK-ALiBi,
+dynamic NTK-ALiBi) are installed on the built BLOOM, MPT or Falcon model. Then
+lm-eval batches and scores exactly as with ``--model hf``, except that a
+request longer than the window is an error instead of being cut from the left.
+
+    lm_eval --model ctx-hf \
+        --model_args pretrained=meta-llama/Llama-2-7b-hf,scaling=yarn,factor=4 \
+        --tasks passkey_8k
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from lmeval_ctx.alibi_patch import AlibiScaling, install_alibi_scaling, slopes_in_use
+from lmeval_ctx.extension import ContextExtension, apply_to_config, resolve_extension
+
+eval_logger = logging.getLogger(__name__)
+
+
+@register_model("ctx-hf")
+class CtxHFLM(HFLM):
+    """HFLM plus ``scaling``, ``factor``, ``original_max_length`` and YaRN's options.
+
+    Args (beyond HFLM's):
+        scaling: none, pi (alias linear), ntk (alias ntk_alibi on ALiBi models),
+            dynamic_ntk (alias dynamic) or yarn (RoPE only).
+        factor: L'/L >= 1. Omitted with a method: ``max_length / original_max_length``.
+        original_max_length: the trained context; read from the config when it has one.
+        beta_fast, beta_slow, attention_factor: YaRN's parameters (transformers' defaults otherwise).
+        replace_rope_scaling: allow replacing a RoPE scaling the checkpoint already ships.
+        max_length (HFLM's): the window; defaults to ``original_max_length * factor`` with a method.
+        truncation (HFLM's): True lets lm-eval cut over-long requests from the left; by
+            default such a request is an error.
+    """
+
+    def __init__(
+        self,
+        pretrained,
+        scaling: str | None = "none",
+        factor: float | None = None,
+        original_max_length: int | None = None,
+        beta_fast: float | None = None,
+        beta_slow: float | None = None,
+        attention_factor: float | None = None,
+        replace_rope_scaling: bool = False,
+        max_length: int | None = None,
+        truncation: bool | None = False,
+        **kwargs,
+    ) -> None:
+        self._ctx_request = dict(
+            scaling=scaling,
+            factor=factor,
+            original_max_length=original_max_length,
+            max_length=max_length,
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            attention_factor=attention_factor,
+            replace_rope_scaling=replace_rope_scaling,
+        )
+        self._ctx_extension: ContextExtension | None = None
+        self._ctx_applied: dict = {}
+        if not isinstance(pretrained, str):
+            # A built model cannot take config-time RoPE scaling; validate against its config now.
+            self._ctx_extension = resolve_extension(pretrained.config, **self._ctx_request)
+            if self._ctx_extension.method != "none":
+                raise ValueError(
+                    f"scaling={scaling!r} needs the model's path (pretrained='org/name' or a local folder): "
+                    "the scaling is written into the config before transformers builds the model, "
+                    "and an already built model has its rotary frequencies fixed."
+                )
+        super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+        ext = self._ctx_extension
+        if ext.max_length is not None:
+            self._max_length = ext.max_length
+        if ext.family == "alibi" and ext.method != "none":
+            install_alibi_scaling(self._model, AlibiScaling(ext.method, ext.factor, ext.original_max_length))
+            self._ctx_applied["alibi_slopes"] = slopes_in_use(self._model, self.max_length)
+            if ext.length_dependent:
+                self._ctx_applied["alibi_slopes_note"] = "at the full window; recomputed from each input's length"
+        self._ctx_record = ext.record({**self._ctx_applied, "max_length": self.max_length})
+        eval_logger.info("lmeval-ctx context extension: %s", self._ctx_record)
+
+    # -- model construction ---------------------------------------------------------------
+    def _get_config(self, pretrained, **kwargs) -> None:
+        super()._get_config(pretrained, **kwargs)
+        self._ctx_extension = resolve_extension(self._config, **self._ctx_request)
+        self._ctx_applied = apply_to_config(self._config, self._ctx_extension)
+
+    def _create_model(self, *args, **kwargs) -> None:
+        # Build from our edited config; for GGUF checkpoints too, where transformers
+        # would otherwise re-read the unscaled config from the file.
+        kwargs.setdefault("config", self._config)
+        super()._create_model(*args, **kwargs)
+
+    @property
+    def context_extension(self) -> ContextExtension:
+        """The validated extension this model runs with."""
+        return self._ctx_extension
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["context_extension"] = self._ctx_record
+        return info
+
+    # -- no silent truncation ------------------------------------------------------------
+    def _too_long(self, length: int, budget: int) -> ValueError:
+        reserved = self.max_length - budget
+        reserve = f" ({reserved} of them reserved for generated tokens)" if reserved > 0 else ""
+        return ValueError(
+            f"A request of {length} tokens does not fit the window max_length={self.max_length}{reserve}; "
+            "lm-eval would cut its start. Raise max_length (with a scaling method, raise factor), "
+            "shorten the task's length, or pass truncation=True to accept left truncation."
+        )
+
+    def tok_encode(self, string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
+        encoding = super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+        if left_truncate_len and len(encoding) > left_truncate_len:
+            if not self.truncation:
+                raise self._too_long(len(encoding), left_truncate_len)
+            encoding = encoding[-left_truncate_len:]
+        return encoding
+
+    def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
+        input_ids, attention_mask = super().tok_batch_encode(
+            strings, padding_side=padding_side, left_truncate_len=None, truncation=truncation
+        )
+        if left_truncate_len and input_ids.shape[1] > left_truncate_len:
+            if not self.truncation:
+                raise self._too_long(int(attention_mask.sum(dim=1).max()), left_truncate_len)
+            eval_logger.warning(
+                "truncation=True: cutting %d tokens from the left of a batch to fit the window of %d",
+                input_ids.shape[1] - left_truncate_len, left_truncate_len,
+            )
+            input_ids = input_ids[:, -left_truncate_len:]
+            attention_mask = attention_mask[:, -left_truncate_len:]
+        return input_ids, attention_mask
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        if not self.truncation:
+            for _, context_enc, continuation_enc in requests:
+                # the last token is only a target, so max_length + 1 tokens fit
+                length = len(context_enc) + len(continuation_enc)
+                if length > self.max_length + 1:
+                    raise self._too_long(length - 1, self.max_length)
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+
+__all__ = ["CtxHFLM"]

@@ -1,0 +1,155 @@
+"""RoPE methods against the formulas of shared/docs/methods.md and transformers' own code."""
+
+import math
+
+import pytest
+import torch
+import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from lmeval_ctx.methods import canonical_method, validate_factor
+from lmeval_ctx.methods.rope import ROPE_METHODS, base_rope_parameters, ntk_rope_theta, validate_rope_options
+
+THETA, HEAD_DIM, L = 10000.0, 64, 2048
+
+
+def llama_config(rope_parameters: dict) -> transformers.LlamaConfig:
+    return transformers.LlamaConfig(
+        hidden_size=HEAD_DIM * 4, num_attention_heads=4, max_position_embeddings=L, rope_parameters=rope_parameters
+    )
+
+
+def transformers_inv_freq(params: dict, seq_len=None) -> tuple[torch.Tensor, float]:
+    config = llama_config(params)
+    rope_type = params["rope_type"]
+    if rope_type == "default":
+        inv = 1.0 / (params["rope_theta"] ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float) / HEAD_DIM))
+        return inv, 1.0
+    return ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", seq_len=seq_len)
+
+
+def formula_theta(theta=THETA, d=HEAD_DIM) -> torch.Tensor:
+    """theta_j = b^(-2j/d), j = 0 .. d/2-1, in float64."""
+    return theta ** (-2.0 * torch.arange(d // 2, dtype=torch.float64) / d)
+
+
+def scaled(method: str, factor: float, options=None) -> dict:
+    return ROPE_METHODS[method]({"rope_theta": THETA}, factor, L, HEAD_DIM, options or {})
+
+
+def test_none_is_default_rope():
+    inv, att = transformers_inv_freq(scaled("none", 4.0))
+    torch.testing.assert_close(inv.double(), formula_theta(), rtol=1e-6, atol=0)
+    assert att == 1.0
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0, 4.0, 8.5])
+def test_pi_divides_every_frequency_by_factor(factor):
+    inv, _ = transformers_inv_freq(scaled("pi", factor))
+    torch.testing.assert_close(inv.double(), formula_theta() / factor, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0, 16.0])
+def test_ntk_keeps_highest_frequency_and_divides_lowest_by_factor(factor):
+    params = scaled("ntk", factor)
+    assert params["rope_type"] == "default"
+    assert params["rope_theta"] == pytest.approx(THETA * factor ** (HEAD_DIM / (HEAD_DIM - 2)))
+    inv, _ = transformers_inv_freq(params)
+    j = torch.arange(HEAD_DIM // 2, dtype=torch.float64)
+    expected = formula_theta() * factor ** (-2 * j / (HEAD_DIM - 2))  # theta'_j = theta_j * s^(-2j/(d-2))
+    torch.testing.assert_close(inv.double(), expected, rtol=1e-5, atol=0)
+    assert inv[0].item() == pytest.approx(1.0)
+    assert (formula_theta()[-1] / inv[-1].double()).item() == pytest.approx(factor, rel=1e-5)
+
+
+def test_ntk_uses_the_rotary_dimension_not_the_head_dimension():
+    # GPT-NeoX/Pythia rotate 25% of a 64-wide head: d = 16
+    assert ntk_rope_theta(THETA, 4.0, 16) == pytest.approx(THETA * 4.0 ** (16 / 14))
+    assert ntk_rope_theta(THETA, 4.0, 16) != pytest.approx(ntk_rope_theta(THETA, 4.0, 64))
+    with pytest.raises(ValueError, match="rotary dimension"):
+        ntk_rope_theta(THETA, 2.0, 2)
+
+
+@pytest.mark.parametrize("length", [L // 2, L, 3 * L, 8 * L])
+def test_dynamic_ntk_matches_formula_at_current_length(length):
+    factor = 4.0
+    params = scaled("dynamic_ntk", factor)
+    inv, _ = transformers_inv_freq(params, seq_len=length)
+    d = HEAD_DIM
+    base = THETA if length <= L else THETA * ((factor * length / L) - (factor - 1)) ** (d / (d - 2))
+    torch.testing.assert_close(inv.double(), formula_theta(base), rtol=1e-5, atol=0)
+
+
+def yarn_formula(factor: float, alpha=1.0, beta=32.0) -> torch.Tensor:
+    """methods.md: gamma_j = clamp((r_j - alpha)/(beta - alpha), 0, 1), r_j = L / lambda_j."""
+    theta = formula_theta()
+    r = L / (2 * math.pi / theta)
+    gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
+    return (1 - gamma) * theta / factor + gamma * theta, gamma
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0, 16.0])
+def test_yarn_matches_formula_outside_the_ramp_and_is_monotone_inside(factor):
+    params = scaled("yarn", factor)
+    assert params == {"rope_theta": THETA, "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": L}
+    inv, attention = transformers_inv_freq(params)
+    expected, gamma = yarn_formula(factor)
+    plain = (gamma == 0) | (gamma == 1)
+    # Outside the ramp both agree: interpolated (PI) low frequencies, untouched high ones.
+    torch.testing.assert_close(inv.double()[plain], expected[plain], rtol=1e-5, atol=0)
+    # Inside, transformers ramps linearly over the dimension index (the YaRN reference code),
+    # methods.md linearly in r_j; both stay between the PI and the unscaled frequency.
+    theta = formula_theta()
+    inside = ~plain
+    assert inside.any()
+    assert torch.all(inv.double()[inside] <= theta[inside] * (1 + 1e-6))
+    assert torch.all(inv.double()[inside] >= theta[inside] / factor * (1 - 1e-6))
+    assert attention == pytest.approx(0.1 * math.log(factor) + 1)
+
+
+def test_yarn_options_pass_through():
+    params = scaled("yarn", 4.0, {"beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.5})
+    assert (params["beta_fast"], params["beta_slow"], params["attention_factor"]) == (16.0, 2.0, 1.5)
+    inv_default, _ = transformers_inv_freq(scaled("yarn", 4.0))
+    inv, attention = transformers_inv_freq(params)
+    assert attention == 1.5
+    assert not torch.allclose(inv, inv_default)
+
+
+def test_base_parameters_drop_an_existing_scaling():
+    shipped = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192, "partial_rotary_factor": 0.5}
+    assert base_rope_parameters(shipped) == {"rope_theta": 5e5, "partial_rotary_factor": 0.5}
+
+
+@pytest.mark.parametrize("spelling, canonical", [
+    ("none", "none"), (None, "none"), ("PI", "pi"), ("linear", "pi"), ("ntk", "ntk"),
+    ("dynamic", "dynamic_ntk"), ("dynamic_ntk", "dynamic_ntk"), ("yarn", "yarn"), ("ntk_alibi", "ntk"),
+])
+def test_method_spellings(spelling, canonical):
+    assert canonical_method(spelling) == canonical
+
+
+def test_bad_method_and_factor_messages():
+    with pytest.raises(ValueError, match=r"scaling='rope_magic'.*none, pi, ntk, dynamic_ntk, yarn"):
+        canonical_method("rope_magic")
+    with pytest.raises(ValueError, match="ntk_alibi.*RoPE"):
+        canonical_method("ntk_alibi", family="rope")
+    with pytest.raises(ValueError, match="yarn.*ALiBi"):
+        canonical_method("yarn", family="alibi")
+    with pytest.raises(ValueError, match=r"factor=0.5 must be .*>= 1"):
+        validate_factor(0.5)
+    with pytest.raises(ValueError, match="factor='four' is not a number"):
+        validate_factor("four")
+    with pytest.raises(ValueError, match="must be a finite"):
+        validate_factor(float("inf"))
+    assert validate_factor("2") == 2.0
+
+
+def test_rope_option_validation():
+    with pytest.raises(ValueError, match="only apply to scaling=yarn"):
+        validate_rope_options("pi", {"beta_fast": 32})
+    with pytest.raises(ValueError, match="beta_fast=1 must be larger than beta_slow=2"):
+        validate_rope_options("yarn", {"beta_fast": 1, "beta_slow": 2})
+    with pytest.raises(ValueError, match="attention_factor=-1 must be > 0"):
+        validate_rope_options("yarn", {"attention_factor": -1})
