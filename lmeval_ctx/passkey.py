@@ -1,0 +1,154 @@
+"""Passkey retrieval prompts sized in the evaluated model's tokens.
+
+The prompt format of Landmark Attention (Mohtashami & Jaggi 2023) and Position
+Interpolation (Chen et al. 2023, arXiv:2306.15595): a task description, whole
+filler sentences, a 5-digit pass key at a chosen depth, more filler, and the
+question. The model must repeat the key; the answer is the first integer it
+generates.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+
+DESCRIPTION = (
+    "There is an important info hidden inside a lot of irrelevant text. "
+    "Find it and memorize them. I will quiz you about the important information there."
+)
+FILLER_SENTENCES = (
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+)
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key? The pass key is"
+
+DEFAULT_NUM_SAMPLES = 50
+DEFAULT_DEPTHS = tuple(i / 9 for i in range(10))  # 0, 1/9, ..., 1: five samples per depth by default
+DEFAULT_GEN_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class PasskeySample:
+    input: str  # the prompt
+    key: str  # the 5-digit pass key
+    length: int  # the target length in tokens (prompt + generation budget)
+    depth: float  # where the needle sits, 0 = start of the filler, 1 = end
+    prompt_tokens: int  # tokens of the prompt as the model's tokenizer encodes it
+    filler_sentences: int
+
+    def as_doc(self) -> dict:
+        return asdict(self)
+
+
+def _filler(n: int) -> list[str]:
+    return [FILLER_SENTENCES[i % len(FILLER_SENTENCES)] for i in range(n)]
+
+
+def render_prompt(n_sentences: int, depth: float, key: str) -> str:
+    """The prompt with ``n_sentences`` filler sentences and the needle after ``round(depth*n)`` of them."""
+    filler = _filler(n_sentences)
+    before = round(depth * n_sentences)
+    parts = [DESCRIPTION, " ".join(filler[:before]), NEEDLE.format(key=key), " ".join(filler[before:]), QUESTION]
+    return "\n".join(part for part in parts if part)
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens the model receives for ``text`` (special tokens such as BOS included)."""
+    return len(tokenizer(text).input_ids)
+
+
+def fill_tolerance(length: int) -> int:
+    """How far under ``length`` a prompt may stop: 2% or 64 tokens, whichever is larger."""
+    return max(int(0.02 * length), 64)
+
+
+def build_sample(tokenizer, length: int, depth: float, key: str, gen_tokens: int = DEFAULT_GEN_TOKENS) -> PasskeySample:
+    """The longest prompt whose tokens plus ``gen_tokens`` fit in ``length``."""
+    budget = length - gen_tokens
+    empty = count_tokens(tokenizer, render_prompt(0, depth, key))
+    if empty > budget:
+        raise ValueError(
+            f"length={length} is too short for a passkey prompt: the instruction, needle and question alone "
+            f"take {empty} tokens, plus {gen_tokens} for the answer. Use a length of at least {empty + gen_tokens + 64}."
+        )
+    # Token counts grow with the number of sentences (not always by the same amount):
+    # bracket the largest n that fits by doubling, then bisect.
+    low, high = 0, 1
+    while count_tokens(tokenizer, render_prompt(high, depth, key)) <= budget:
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if count_tokens(tokenizer, render_prompt(mid, depth, key)) <= budget:
+            low = mid
+        else:
+            high = mid
+    prompt = render_prompt(low, depth, key)
+    tokens = count_tokens(tokenizer, prompt)
+    assert tokens <= budget, (tokens, budget)
+    if tokens + gen_tokens < length - fill_tolerance(length):
+        raise ValueError(
+            f"Could not fill length={length}: the prompt reached {tokens} tokens (+{gen_tokens} to generate). "
+            "The tokenizer counts the filler irregularly; report this with the model name."
+        )
+    return PasskeySample(prompt, key, length, float(depth), tokens, low)
+
+
+def validate_lengths(lengths) -> list[int]:
+    if isinstance(lengths, (int, str)):
+        lengths = [lengths]
+    out = []
+    for value in lengths or []:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, str) and value.isdigit() and int(value) > 0:
+                value = int(value)
+            else:
+                raise ValueError(f"lengths must be positive whole numbers of tokens; got {value!r}.")
+        out.append(value)
+    if not out:
+        raise ValueError('lengths is empty: pass e.g. --metadata \'{"lengths": [4096, 8192]}\'.')
+    return out
+
+
+def validate_depths(depths) -> list[float]:
+    out = []
+    for value in depths or []:
+        try:
+            depth = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"depths must be numbers in [0, 1]; got {value!r}.") from None
+        if not 0.0 <= depth <= 1.0:
+            raise ValueError(f"depth {value!r} is outside [0, 1] (0 = needle first, 1 = needle last).")
+        out.append(depth)
+    if not out:
+        raise ValueError("depths is empty: pass e.g. [0, 0.25, 0.5, 0.75, 1].")
+    return out
+
+
+def generate_samples(tokenizer, lengths, num_samples: int = DEFAULT_NUM_SAMPLES, depths=DEFAULT_DEPTHS,
+                     seed: int = 1234, gen_tokens: int = DEFAULT_GEN_TOKENS) -> list[PasskeySample]:
+    """``num_samples`` samples per length, depths cycling through ``depths``; deterministic in ``seed``."""
+    lengths = validate_lengths(lengths)
+    depths = validate_depths(depths)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}.")
+    samples = []
+    for length in lengths:
+        rng = random.Random(f"{seed}-{length}")
+        for i in range(num_samples):
+            key = str(rng.randint(10000, 99999))
+            samples.append(build_sample(tokenizer, length, depths[i % len(depths)], key, gen_tokens))
+    return samples
+
+
+_INTEGER = re.compile(r"\d+")
+
+
+def parse_answer(text: str) -> str | None:
+    """The first integer in the model's output, or None."""
+    match = _INTEGER.search(text or "")
+    return match.group(0) if match else None
