@@ -1,0 +1,55 @@
+"""The real lm_eval command line with --model ctx-hf on tiny local models."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
+
+
+def lm_eval(*args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([LM_EVAL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def results_json(output: Path) -> dict:
+    (path,) = output.rglob("results_*.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("arch, model_args", [
+    ("llama", "scaling=yarn,factor=8"),
+    ("bloom", "scaling=ntk_alibi,factor=8,original_max_length=128"),
+])
+def test_passkey_through_the_cli(tiny_model_dir, tmp_path, arch, model_args):
+    folder = tiny_model_dir(arch)
+    run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={folder},dtype=float32,{model_args}",
+                  "--tasks", "passkey_1k", "--limit", "2", "--device", "cpu", "--output_path", str(tmp_path / "out"),
+                  "--log_samples", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = results_json(tmp_path / "out")
+    assert 0.0 <= results["results"]["passkey_1k"]["acc,none"] <= 1.0
+    record = results["config"]["context_extension"]
+    assert record["max_length"] == 1024 and record["factor"] == 8.0
+    (samples,) = (tmp_path / "out").rglob("samples_passkey_1k_*.jsonl")
+    first = json.loads(samples.read_text().splitlines()[0])
+    assert first["doc"]["length"] == 1024 and len(first["doc"]["key"]) == 5
+
+
+def test_bad_model_arg_fails_with_the_message(tiny_model_dir, tmp_path):
+    run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={tiny_model_dir('llama')},scaling=xpos,factor=2",
+                  "--tasks", "passkey_1k", "--limit", "1", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode != 0
+    assert "scaling='xpos' is not a known context-extension method" in run.stderr
+
+
+def test_window_smaller_than_the_task_is_refused(tiny_model_dir, tmp_path):
+    run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={tiny_model_dir('llama')},max_length=512",
+                  "--tasks", "passkey_1k", "--limit", "1", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode != 0
+    assert "max_length=512 is smaller than the task's length 1024" in run.stderr
