@@ -7,7 +7,7 @@ variant's peak resident memory in a fresh process.
 
 Target: wall-time ratio <= 1.02 and no extra copy of the weights.
 
-    python benchmarks/overhead.py [--rounds 7] [--tokens 1000] [--requests 8]
+    python benchmarks/overhead.py [--rounds 11] [--tokens 1000] [--requests 12]
 """
 
 from __future__ import annotations
@@ -110,9 +110,9 @@ def memory(folder: Path, name: str, tokens: int, count: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--tokens", type=int, default=1000)
-    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=12)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
