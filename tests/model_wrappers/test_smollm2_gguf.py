@@ -53,3 +53,16 @@ def _request(prompt):
     from lm_eval.api.instance import Instance
 
     return Instance("generate_until", {}, (prompt, {"until": ["\n"], "max_gen_toks": 5, "do_sample": False}), 0)
+
+
+@needs_smollm2
+@pytest.mark.parametrize("method, rope_type", [("pi", "linear"), ("dynamic_ntk", "dynamic")])
+def test_transformers_rope_types_load_from_gguf(method, rope_type):
+    lm = load(scaling=method, factor=2)
+    rotary = lm.model.model.rotary_emb
+    assert rotary.rope_type == rope_type
+    theta = THETA ** (-torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)
+    # at init both give: linear theta/2; dynamic the unscaled theta (no sequence seen yet)
+    expected = theta / 2 if method == "pi" else theta
+    torch.testing.assert_close(rotary.inv_freq.double(), expected, rtol=1e-5, atol=0)
+    assert lm.model.config.max_position_embeddings == TRAINED
