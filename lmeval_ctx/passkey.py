@@ -115,6 +115,15 @@ def validate_lengths(lengths) -> list[int]:
 
 
 def validate_depths(depths) -> list[float]:
+    """A list of depths in [0, 1], or a count ``n`` meaning ``n`` depths evenly spaced over [0, 1]."""
+    if isinstance(depths, str) and depths.strip().isdigit():
+        depths = int(depths)
+    if isinstance(depths, int) and not isinstance(depths, bool):
+        if depths < 1:
+            raise ValueError(f"depths={depths}: give a positive number of depths, or a list of depths in [0, 1].")
+        return [0.5] if depths == 1 else [i / (depths - 1) for i in range(depths)]
+    if isinstance(depths, (float, str)):
+        depths = [depths]
     out = []
     for value in depths or []:
         try:
@@ -131,16 +140,23 @@ def validate_depths(depths) -> list[float]:
 
 def generate_samples(tokenizer, lengths, num_samples: int = DEFAULT_NUM_SAMPLES, depths=DEFAULT_DEPTHS,
                      seed: int = 1234, gen_tokens: int = DEFAULT_GEN_TOKENS) -> list[PasskeySample]:
-    """``num_samples`` samples per length, depths cycling through ``depths``; deterministic in ``seed``."""
+    """``num_samples`` samples per length, depths cycling through ``depths``; deterministic in ``seed``.
+
+    Samples alternate between lengths (and keys come from one generator per
+    length), so ``--limit`` keeps every length represented and adding a length
+    does not change the prompts of the others.
+    """
     lengths = validate_lengths(lengths)
     depths = validate_depths(depths)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}.")
+    if len(set(lengths)) != len(lengths):
+        raise ValueError(f"lengths has repeats: {lengths}. List each length once.")
+    rngs = {length: random.Random(f"{seed}-{length}") for length in lengths}
     samples = []
-    for length in lengths:
-        rng = random.Random(f"{seed}-{length}")
-        for i in range(num_samples):
-            key = str(rng.randint(10000, 99999))
+    for i in range(num_samples):
+        for length in lengths:
+            key = str(rngs[length].randint(10000, 99999))
             samples.append(build_sample(tokenizer, length, depths[i % len(depths)], key, gen_tokens))
     return samples
 

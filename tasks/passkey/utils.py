@@ -2,6 +2,7 @@
 
 import datasets
 
+from lmeval_ctx.task_classes import PerLengthTask
 from lmeval_ctx.passkey import DEFAULT_DEPTHS, DEFAULT_NUM_SAMPLES, generate_samples, parse_answer
 from lmeval_ctx.tokenizers import load_tokenizer, tokenizer_args
 
@@ -26,3 +27,7 @@ def passkey_dataset(fixed_length=None, lengths=None, num_samples=DEFAULT_NUM_SAM
 
 def process_results(doc, results):
     return {"acc": float(parse_answer(results[0]) == doc["key"])}
+
+
+class PerLengthPasskeyTask(PerLengthTask):
+    """The configurable ``passkey`` task: lengths from ``--metadata``, reported as ``acc@<length>``."""

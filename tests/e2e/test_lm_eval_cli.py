@@ -53,3 +53,31 @@ def test_window_smaller_than_the_task_is_refused(tiny_model_dir, tmp_path):
                   "--tasks", "passkey_1k", "--limit", "1", "--device", "cpu", cwd=tmp_path)
     assert run.returncode != 0
     assert "max_length=512 is smaller than the task's length 1024" in run.stderr
+
+
+def test_configurable_passkey_reports_one_accuracy_per_length(tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("llama")
+    run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={folder},dtype=float32,scaling=pi,factor=8",
+                  "--tasks", "passkey", "--metadata", '{"lengths": [300, 600], "num_samples": 3, "depths": 3}',
+                  "--device", "cpu", "--output_path", str(tmp_path / "out"), "--log_samples", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = results_json(tmp_path / "out")
+    metrics = results["results"]["passkey"]
+    assert {"acc@300,none", "acc@600,none"} <= set(metrics) and "acc,none" not in metrics
+    assert results["higher_is_better"]["passkey"]["acc@600"] is True
+    (samples,) = (tmp_path / "out").rglob("samples_passkey_*.jsonl")
+    docs = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert sorted((d["doc"]["length"], d["doc"]["depth"]) for d in docs) == [
+        (300, 0.0), (300, 0.5), (300, 1.0), (600, 0.0), (600, 0.5), (600, 1.0)]
+    for length in (300, 600):
+        scored = [d for d in docs if d["doc"]["length"] == length]
+        expected = sum(d[f"acc@{length}"] for d in scored) / len(scored)
+        assert metrics[f"acc@{length},none"] == pytest.approx(expected)
+    assert "acc@300" in run.stdout and "acc@600" in run.stdout  # lm-eval's table
+
+
+def test_configurable_passkey_without_lengths_says_how_to_pass_them(tiny_model_dir, tmp_path):
+    run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={tiny_model_dir('llama')}",
+                  "--tasks", "passkey", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode != 0
+    assert '--metadata \'{"lengths": [4096, 8192]}\'' in run.stderr

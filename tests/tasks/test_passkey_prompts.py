@@ -69,6 +69,20 @@ def test_bad_lengths_and_depths_are_errors():
         generate_samples(tok, [1.5])
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         generate_samples(tok, [600], depths=[1.2])
+    with pytest.raises(ValueError, match="positive number of depths"):
+        generate_samples(tok, [600], depths=0)
+    with pytest.raises(ValueError, match="repeats"):
+        generate_samples(tok, [600, 600])
+
+
+def test_a_depth_count_spreads_depths_evenly_and_lengths_alternate():
+    tok = char_tokenizer()
+    samples = generate_samples(tok, [600, 900], num_samples=4, depths=3)
+    assert [(s.length, s.depth) for s in samples] == [
+        (600, 0.0), (900, 0.0), (600, 0.5), (900, 0.5), (600, 1.0), (900, 1.0), (600, 0.0), (900, 0.0)]
+    # one key stream per length: adding a length leaves the other length's prompts as they were
+    alone = generate_samples(tok, [900], num_samples=4, depths=3)
+    assert [s.input for s in samples if s.length == 900] == [s.input for s in alone]
 
 
 def test_missing_tokenizer_says_how_to_pass_one():

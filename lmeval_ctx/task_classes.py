@@ -1,0 +1,57 @@
+"""lm-eval task classes shared by the task folders.
+
+Imported by lm-eval when it builds one of our tasks, never at plugin start-up.
+"""
+
+from __future__ import annotations
+
+from lm_eval.api.task import ConfigurableTask
+
+LENGTH_FIELD = "length"
+
+
+def per_length_metric(metric: str, length: int) -> str:
+    """The name of ``metric`` measured at ``length`` tokens, e.g. ``acc@4096``."""
+    return f"{metric}@{int(length)}"
+
+
+def split_per_length_metric(name: str) -> tuple[str, int] | None:
+    """``("acc", 4096)`` for ``"acc@4096"``; None for a name that is not per length."""
+    metric, sep, length = name.rpartition("@")
+    return (metric, int(length)) if sep and metric and length.isdigit() else None
+
+
+class PerLengthTask(ConfigurableTask):
+    """A task over several lengths that reports each metric once per length.
+
+    The YAML's ``metric_list`` declares the metrics (``acc``, ``token_perplexity``,
+    ...) with their aggregation; once the documents are built, each is declared
+    again as ``<metric>@<length>`` for every length present, so lm-eval aggregates
+    and prints one figure per length, the way its ``ruler`` tasks report
+    ``4096``, ``8192``, ... (ruler fills other lengths with -1; here every
+    document reports only under its own length).
+    """
+
+    def __init__(self, config: dict | None = None, **kwargs):
+        # lm-eval hands the whole YAML over, including the "class" key that chose us.
+        config = {key: value for key, value in (config or {}).items() if key != "class"}
+        super().__init__(config=config, **kwargs)
+
+    def download(self, dataset_kwargs=None, **kwargs) -> None:
+        super().download(dataset_kwargs, **kwargs)
+        split = self.config.test_split
+        if LENGTH_FIELD not in self.dataset[split].column_names:
+            raise ValueError(f"{type(self).__name__} needs a {LENGTH_FIELD!r} column in its documents.")
+        self.lengths = sorted(set(self.dataset[split][LENGTH_FIELD]))
+        aggregation, higher_is_better = self._aggregation_list, self._higher_is_better
+        self._aggregation_list = {
+            per_length_metric(metric, length): fn for metric, fn in aggregation.items() for length in self.lengths
+        }
+        self._higher_is_better = {
+            per_length_metric(metric, length): higher_is_better.get(metric)
+            for metric in aggregation for length in self.lengths
+        }
+
+    def process_results(self, doc, results):
+        metrics = super().process_results(doc, results)
+        return {per_length_metric(metric, doc[LENGTH_FIELD]): value for metric, value in metrics.items()}
