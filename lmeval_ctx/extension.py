@@ -23,6 +23,10 @@ from lmeval_ctx.methods.rope import ROPE_METHODS, base_rope_parameters, validate
 # Architectures whose attention uses ALiBi slopes; Falcon only with ``alibi=True``.
 ALIBI_MODEL_TYPES = ("bloom", "mpt", "falcon")
 
+# RoPE types a checkpoint may ship whose frequencies change with the input length:
+# transformers' dynamic NTK, and Phi-3's longrope (long factors past the original length).
+LENGTH_DEPENDENT_ROPE_TYPES = ("dynamic", "longrope")
+
 # Config fields that carry the trained context length, most specific first.
 ORIGINAL_LENGTH_FIELDS = (
     "original_max_position_embeddings",
@@ -51,8 +55,16 @@ class ContextExtension:
 
     @property
     def length_dependent(self) -> bool:
-        """True when a token's loss depends on the total input length (dynamic methods)."""
-        return self.method in LENGTH_DEPENDENT_METHODS
+        """True when a token's loss depends on the total input length.
+
+        So it is for the dynamic methods, and for ``scaling=none`` on a checkpoint that
+        ships a dynamic or longrope scaling. Then a prefix's losses cannot be read off a
+        longer input, and inputs of different lengths must not share a padded batch.
+        """
+        if self.method in LENGTH_DEPENDENT_METHODS:
+            return True
+        shipped = (self.shipped_rope_parameters or {}).get("rope_type")
+        return self.method == "none" and shipped in LENGTH_DEPENDENT_ROPE_TYPES
 
     def record(self, applied: dict | None = None) -> dict:
         """A JSON-ready description of what ran, for logs and lm-eval's results."""

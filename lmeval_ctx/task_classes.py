@@ -5,6 +5,8 @@ Imported by lm-eval when it builds one of our tasks, never at plugin start-up.
 
 from __future__ import annotations
 
+import json
+
 from lm_eval.api.task import ConfigurableTask
 
 LENGTH_FIELD = "length"
@@ -21,7 +23,36 @@ def split_per_length_metric(name: str) -> tuple[str, int] | None:
     return (metric, int(length)) if sep and metric and length.isdigit() else None
 
 
-class PerLengthTask(ConfigurableTask):
+def dataset_notes(notes: dict) -> str:
+    """Encode ``notes`` for a dataset's ``info.description``, for :class:`NotedTask` to record."""
+    return json.dumps({"lmeval_ctx_notes": notes})
+
+
+class NotedTask(ConfigurableTask):
+    """A YAML task built through ``class:`` whose dataset may carry notes for the results.
+
+    Notes (e.g. how many documents were too short for a length) that the
+    ``custom_dataset`` function stored with :func:`dataset_notes` are added to the
+    task's metadata, which lm-eval saves under ``configs`` in the results JSON.
+    """
+
+    def __init__(self, config: dict | None = None, **kwargs):
+        # lm-eval hands the whole YAML over, including the "class" key that chose us.
+        config = {key: value for key, value in (config or {}).items() if key != "class"}
+        super().__init__(config=config, **kwargs)
+
+    def download(self, dataset_kwargs=None, **kwargs) -> None:
+        super().download(dataset_kwargs, **kwargs)
+        description = self.dataset[self.config.test_split].info.description or ""
+        try:
+            notes = json.loads(description).get("lmeval_ctx_notes") if description.startswith("{") else None
+        except json.JSONDecodeError:
+            notes = None
+        if notes:
+            self.config.metadata = {**(self.config.metadata or {}), **notes}
+
+
+class PerLengthTask(NotedTask):
     """A task over several lengths that reports each metric once per length.
 
     The YAML's ``metric_list`` declares the metrics (``acc``, ``token_perplexity``,
@@ -31,11 +62,6 @@ class PerLengthTask(ConfigurableTask):
     ``4096``, ``8192``, ... (ruler fills other lengths with -1; here every
     document reports only under its own length).
     """
-
-    def __init__(self, config: dict | None = None, **kwargs):
-        # lm-eval hands the whole YAML over, including the "class" key that chose us.
-        config = {key: value for key, value in (config or {}).items() if key != "class"}
-        super().__init__(config=config, **kwargs)
 
     def download(self, dataset_kwargs=None, **kwargs) -> None:
         super().download(dataset_kwargs, **kwargs)

