@@ -32,14 +32,14 @@ VARIANTS = {
 }
 
 
-def build_model(folder: Path) -> None:
+def build_model(folder: Path, max_positions: int = 1024) -> None:
     import torch
     import transformers
     from tiny_models import VOCAB_SIZE, char_tokenizer
 
     config = transformers.LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=max_positions,
         bos_token_id=1, eos_token_id=2, pad_token_id=3)
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)

@@ -1,0 +1,87 @@
+"""What does the shared pass of the long-range perplexity task save?
+
+Scores the same documents at lengths {L/8, L/4, L/2, L} through lm-eval with
+``ctx-hf``: once in one run (the shared pass: each document runs once at L),
+as four separate runs (one per length), and at L alone. Rounds alternate the
+three in one process; medians are reported, with the figures of both routes
+checked equal.
+
+Expectation: with cost linear in length, the four separate runs cost about
+1 + 1/2 + 1/4 + 1/8 = 1.875 times the longest alone (more when attention
+dominates); the shared run should cost about as much as the longest alone.
+
+    python benchmarks/longppl_shared.py [--length 2048] [--docs 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def evaluate(lm, folder: Path, lengths: list[int], docs: int) -> tuple[float, dict]:
+    import lm_eval
+
+    start = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm, tasks=["longppl"], bootstrap_iters=0,
+                                  metadata={"pretrained": str(folder), "lengths": lengths, "num_docs": docs})
+    return time.perf_counter() - start, out["results"]["longppl"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--docs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", default=str(Path(__file__).with_name("longppl_shared_result.json")))
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+
+    from overhead import build_model
+
+    from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
+
+    lengths = [args.length // 8, args.length // 4, args.length // 2, args.length]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        build_model(folder, max_positions=args.length)
+        lm = CtxHFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=1)
+        times = {"shared run": [], "four separate runs": [], "longest alone": []}
+        for _ in range(args.rounds):
+            elapsed, shared = evaluate(lm, folder, lengths, args.docs)
+            times["shared run"].append(elapsed)
+            separate, total = {}, 0.0
+            for length in lengths:
+                elapsed, separate[length] = evaluate(lm, folder, [length], args.docs)
+                total += elapsed
+            times["four separate runs"].append(total)
+            times["longest alone"].append(evaluate(lm, folder, [args.length], args.docs)[0])
+            for length in lengths:
+                key = f"token_perplexity@{length},none"
+                assert abs(shared[key] / separate[length][key] - 1) < 1e-6, (key, shared[key], separate[length][key])
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    longest = medians["longest alone"]
+    result = {
+        "model": "Llama 6 layers x 512, float32, char tokenizer, ctx-hf scaling=none, batch_size 1",
+        "lengths": lengths, "documents": args.docs, "rounds": args.rounds, "cpu_threads": os.cpu_count(),
+        "median_seconds": {name: round(value, 3) for name, value in medians.items()},
+        "ratio_to_longest_alone": {name: round(value / longest, 3) for name, value in medians.items()},
+        "figures_equal": True,
+    }
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
