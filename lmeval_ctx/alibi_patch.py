@@ -125,6 +125,11 @@ def _key_length(args: tuple, kwargs: dict) -> int:
     return int(tokens.shape[1]) + int(cached)
 
 
+def has_alibi_scaling(model: torch.nn.Module) -> bool:
+    """Has :func:`install_alibi_scaling` been called on ``model``?"""
+    return hasattr(model.base_model, _SCALING_ATTR)
+
+
 def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling) -> None:
     """Make ``model`` (a BLOOM, MPT or Falcon-ALiBi causal LM) use ``scaling``'s slopes.
 

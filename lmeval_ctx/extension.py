@@ -275,6 +275,22 @@ def scaled_rope_parameters(config, ext: ContextExtension) -> dict:
     return scale(current)
 
 
+# The config fields apply_to_config may change.
+EXTENSION_FIELDS = ("rope_parameters", "max_position_embeddings", "max_seq_len")
+
+
+def snapshot_extension_fields(config) -> dict:
+    """The config's own values of the fields a method changes, to restore before applying another."""
+    cfg = text_config(config)
+    return {name: copy.deepcopy(getattr(cfg, name)) for name in EXTENSION_FIELDS if hasattr(cfg, name)}
+
+
+def restore_extension_fields(config, snapshot: dict) -> None:
+    cfg = text_config(config)
+    for name, value in snapshot.items():
+        setattr(cfg, name, copy.deepcopy(value))
+
+
 def apply_to_config(config, ext: ContextExtension) -> dict:
     """Write ``ext`` into ``config`` before the model is built; return what was applied.
 

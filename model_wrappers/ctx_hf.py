@@ -19,16 +19,25 @@ lm-eval batches and scores exactly as with ``--model hf``, except that
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
-from lmeval_ctx.alibi_patch import AlibiScaling, install_alibi_scaling, slopes_in_use
-from lmeval_ctx.extension import ContextExtension, apply_to_config, resolve_extension
+from lmeval_ctx.alibi_patch import AlibiScaling, has_alibi_scaling, install_alibi_scaling, slopes_in_use
+from lmeval_ctx.extension import (
+    ContextExtension,
+    apply_to_config,
+    resolve_extension,
+    restore_extension_fields,
+    snapshot_extension_fields,
+)
 from lmeval_ctx.prefix_sharing import plan_shared_prefixes
+from lmeval_ctx.rotary import rebuild_rotary_embeddings
 
 eval_logger = logging.getLogger(__name__)
 
@@ -73,24 +82,58 @@ class CtxHFLM(HFLM):
             attention_factor=attention_factor,
             replace_rope_scaling=replace_rope_scaling,
         )
+        self._ctx_created_request = dict(self._ctx_request)
         self._ctx_extension: ContextExtension | None = None
         self._ctx_applied: dict = {}
-        if not isinstance(pretrained, str):
-            # A built model cannot take config-time RoPE scaling; validate against its config now.
-            self._ctx_extension = resolve_extension(pretrained.config, **self._ctx_request)
-            if self._ctx_extension.method != "none":
-                raise ValueError(
-                    f"scaling={scaling!r} needs the model's path (pretrained='org/name' or a local folder): "
-                    "the scaling is written into the config before transformers builds the model, "
-                    "and an already built model has its rotary frequencies fixed."
-                )
+        self._ctx_shipped: dict = {}  # the config's own RoPE/length fields, for re-application
+        self._ctx_user_max_length = max_length
+        built = not isinstance(pretrained, str)
+        if built:
+            # An already built model gets its method after HFLM's set-up, like a sweep's re-application.
+            resolve_extension(pretrained.config, **self._ctx_request)  # fail before any work on bad arguments
+            self._ctx_shipped = snapshot_extension_fields(pretrained.config)
+            self._ctx_extension = resolve_extension(pretrained.config, scaling="none", max_length=max_length,
+                                                    original_max_length=original_max_length)
         super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+        if built:
+            self.apply_extension(**{k: v for k, v in self._ctx_request.items() if k != "max_length"})
+        else:
+            self._finish_extension()
+
+    def apply_extension(self, scaling: str | None = "none", **request) -> dict:
+        """Apply another context-extension method to the loaded model, without reloading its weights.
+
+        Takes ``ctx-hf``'s arguments (``scaling``, ``factor``, ``original_max_length``, YaRN's
+        options, ``replace_rope_scaling``, ``max_length``; the ones not given are those the
+        model was created with, except the method's own: factor and the YaRN options). The
+        config's own RoPE fields are restored, the new method resolved and written in, and
+        the rotary modules rebuilt (RoPE) or the slopes replaced (ALiBi). Returns the record.
+        """
+        full = {**self._ctx_created_request, "factor": None, "beta_fast": None, "beta_slow": None,
+                "attention_factor": None, "max_length": self._ctx_user_max_length, **request, "scaling": scaling}
+        config = self._model.config
+        probe = copy.deepcopy(config)  # a bad request must leave the model as it was
+        restore_extension_fields(probe, self._ctx_shipped)
+        resolve_extension(probe, **full)
+        restore_extension_fields(config, self._ctx_shipped)
+        extension = resolve_extension(config, **full)
+        self._ctx_applied = apply_to_config(config, extension)
+        if extension.family == "rope":
+            rebuild_rotary_embeddings(self._model)
+        self._ctx_extension, self._ctx_request = extension, full
+        self._max_length = self._ctx_user_max_length
+        self._finish_extension()
+        return self._ctx_record
+
+    def _finish_extension(self) -> None:
+        """Set the window, install ALiBi slopes and record what runs."""
         ext = self._ctx_extension
         if ext.max_length is not None:
             self._max_length = ext.max_length
-        if ext.family == "alibi" and ext.method != "none":
+        if ext.family == "alibi" and (ext.method != "none" or has_alibi_scaling(self._model)):
             install_alibi_scaling(self._model, AlibiScaling(ext.method, ext.factor, ext.original_max_length))
-            self._ctx_applied["alibi_slopes"] = slopes_in_use(self._model, self.max_length)
+            if ext.method != "none":
+                self._ctx_applied["alibi_slopes"] = slopes_in_use(self._model, self.max_length)
             if ext.length_dependent:
                 self._ctx_applied["alibi_slopes_note"] = "at the full window; recomputed from each input's length"
         self._ctx_record = ext.record({**self._ctx_applied, "max_length": self.max_length})
@@ -99,6 +142,7 @@ class CtxHFLM(HFLM):
     # -- model construction ---------------------------------------------------------------
     def _get_config(self, pretrained, **kwargs) -> None:
         super()._get_config(pretrained, **kwargs)
+        self._ctx_shipped = snapshot_extension_fields(self._config)
         self._ctx_extension = resolve_extension(self._config, **self._ctx_request)
         self._ctx_applied = apply_to_config(self._config, self._ctx_extension)
 
@@ -171,7 +215,8 @@ class CtxHFLM(HFLM):
                                                    override_bs=override_bs)
             for i, answer in zip(rest, scored, strict=True):
                 results[i] = answer
-        for carrier, members in groups.items():
+        for carrier, members in tqdm(groups.items(), desc="Scoring shared prefixes (one pass each)",
+                                     disable=disable_tqdm or self.rank != 0):
             _, ctx, cont = requests[carrier]
             logprobs, greedy = self._token_logprobs(ctx + cont)
             for i in members:

@@ -59,14 +59,6 @@ def test_scaled_window_admits_what_the_trained_one_refuses(tiny_model_dir):
     assert isinstance(out, str)
 
 
-def test_built_model_with_a_method_asks_for_the_path(tiny_model_dir):
-    import transformers
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("llama")))
-    with pytest.raises(ValueError, match="needs the model's path"):
-        CtxHFLM(pretrained=model, scaling="pi", factor=2)
-
-
 def test_learned_positions_model_with_a_method_is_an_error(tiny_model_dir):
     with pytest.raises(ValueError, match="gpt2 model has learned absolute position embeddings"):
         CtxHFLM(pretrained=str(tiny_model_dir("gpt2")), device="cpu", scaling="pi", factor=2)
