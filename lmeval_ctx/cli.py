@@ -18,6 +18,24 @@ def main(argv: list[str] | None = None) -> int:
         help="print the plugin's task folder (for lm_eval --include_path)",
         description="Print the folder of lmeval-ctx's task YAMLs, for lm_eval --include_path.",
     )
+    sweep = commands.add_parser(
+        "sweep",
+        help="run several context-extension methods over lm-eval tasks, loading the model once",
+        description="Load the model once with ctx-hf, apply each method (and factor) in turn and run the tasks "
+                    "with lm-eval; results go to OUTPUT_PATH/<method>[_x<factor>]/ in lm-eval's format. "
+                    "Re-running the same command skips the points already done.",
+    )
+    sweep.add_argument("--model_args", required=True, help="ctx-hf/HFLM arguments, e.g. pretrained=...,dtype=bfloat16")
+    sweep.add_argument("--methods", required=True, help="comma-separated: none,pi,ntk,dynamic_ntk,yarn")
+    sweep.add_argument("--factor", help="scale factor(s) for the methods, comma-separated (e.g. 2,4)")
+    sweep.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. passkey_4k,longppl_8k")
+    sweep.add_argument("--output_path", required=True)
+    sweep.add_argument("--batch_size", default="1")
+    sweep.add_argument("--device", default=None)
+    sweep.add_argument("--limit", type=float, default=None)
+    sweep.add_argument("--log_samples", action="store_true")
+    sweep.add_argument("--seed", default=None, help="one number, or python,numpy,torch,fewshot seeds")
+    sweep.add_argument("--metadata", default=None, help="JSON passed to the tasks, as lm_eval --metadata")
     report = commands.add_parser(
         "report",
         help="leaderboard table and plots from lm-eval output folders",
@@ -31,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         from lmeval_ctx.paths import tasks_path
 
         print(tasks_path())
+    elif args.command == "sweep":
+        return _sweep(parser, args)
     elif args.command == "report":
         from lmeval_ctx.report import write_report
 
@@ -42,6 +62,37 @@ def main(argv: list[str] | None = None) -> int:
         print(written["table"])
         print("Wrote " + ", ".join(str(path) for path in written["files"]))
     return 0
+
+
+def _sweep(parser: argparse.ArgumentParser, args) -> int:
+    import json
+
+    from lmeval_ctx.sweep import run_sweep, summary_table, sweep_points
+
+    def fail(message: str):
+        parser.exit(2, f"lmeval-ctx sweep: error: {message}\n")
+
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except json.JSONDecodeError as error:
+        fail(f"--metadata is not valid JSON: {error}")
+    if metadata is not None and not isinstance(metadata, dict):
+        fail("--metadata must be a JSON object, e.g. '{\"lengths\": [4096]}'")
+    from lm_eval.utils import simple_parse_args_string
+
+    model_args = simple_parse_args_string(args.model_args)
+    batch_size = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    try:
+        points = sweep_points(args.methods, args.factor)
+        outcomes = run_sweep(model_args, points, [t for t in args.tasks.split(",") if t], args.output_path,
+                             batch_size=batch_size, device=args.device, limit=limit, log_samples=args.log_samples,
+                             seed=args.seed, metadata=metadata,
+                             log=lambda message: print(message, file=sys.stderr, flush=True))
+    except ValueError as error:
+        fail(str(error))
+    print(summary_table(outcomes))
+    return 1 if any(outcome["status"] == "failed" for outcome in outcomes) else 0
 
 
 if __name__ == "__main__":
