@@ -20,6 +20,8 @@ lm-eval batches and scores exactly as with ``--model hf``, except that
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 
 import torch
@@ -37,9 +39,11 @@ from lmeval_ctx.extension import (
     snapshot_extension_fields,
 )
 from lmeval_ctx.prefix_sharing import plan_shared_prefixes
+from lmeval_ctx.response_cache import install as install_response_cache_keys
 from lmeval_ctx.rotary import rebuild_rotary_embeddings
 
 eval_logger = logging.getLogger(__name__)
+install_response_cache_keys()
 
 
 @register_model("ctx-hf")
@@ -156,6 +160,12 @@ class CtxHFLM(HFLM):
     def context_extension(self) -> ContextExtension:
         """The validated extension this model runs with."""
         return self._ctx_extension
+
+    @property
+    def response_cache_key(self) -> str:
+        """A digest of the model and its context-extension settings, for ``--use_cache`` file names."""
+        identity = {"model": str(getattr(self._model.config, "_name_or_path", "")), "extension": self._ctx_record}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
