@@ -5,6 +5,7 @@ Imported by lm-eval when it builds one of our tasks, never at plugin start-up.
 
 from __future__ import annotations
 
+import functools
 import json
 
 from lm_eval.api.task import ConfigurableTask
@@ -59,8 +60,11 @@ class PerLengthTask(NotedTask):
     ...) with their aggregation; once the documents are built, each is declared
     again as ``<metric>@<length>`` for every length present, so lm-eval aggregates
     and prints one figure per length, the way its ``ruler`` tasks report
-    ``4096``, ``8192``, ... (ruler fills other lengths with -1; here every
-    document reports only under its own length).
+    ``4096``, ``8192``, ...
+
+    Like ruler's, every document reports every per-length metric (None for the
+    lengths it is not), because lm-eval's multi-process gathering expects each
+    process to hold the same metric names; the aggregations skip the Nones.
     """
 
     def download(self, dataset_kwargs=None, **kwargs) -> None:
@@ -71,7 +75,8 @@ class PerLengthTask(NotedTask):
         self.lengths = sorted(set(self.dataset[split][LENGTH_FIELD]))
         aggregation, higher_is_better = self._aggregation_list, self._higher_is_better
         self._aggregation_list = {
-            per_length_metric(metric, length): fn for metric, fn in aggregation.items() for length in self.lengths
+            per_length_metric(metric, length): _own_length_only(fn)
+            for metric, fn in aggregation.items() for length in self.lengths
         }
         self._higher_is_better = {
             per_length_metric(metric, length): higher_is_better.get(metric)
@@ -80,4 +85,17 @@ class PerLengthTask(NotedTask):
 
     def process_results(self, doc, results):
         metrics = super().process_results(doc, results)
-        return {per_length_metric(metric, doc[LENGTH_FIELD]): value for metric, value in metrics.items()}
+        own = doc[LENGTH_FIELD]
+        return {per_length_metric(metric, length): (value if length == own else None)
+                for metric, value in metrics.items() for length in self.lengths}
+
+
+def _own_length_only(aggregate):
+    """``aggregate`` over the values documents of that length gave (NaN when there are none)."""
+
+    @functools.wraps(aggregate)
+    def aggregate_own_length(items):
+        values = [item for item in items if item is not None]
+        return aggregate(values) if values else float("nan")
+
+    return aggregate_own_length

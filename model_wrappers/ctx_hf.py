@@ -99,10 +99,26 @@ class CtxHFLM(HFLM):
             self._ctx_extension = resolve_extension(pretrained.config, scaling="none", max_length=max_length,
                                                     original_max_length=original_max_length)
         super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+        self._shard_across_cpu_processes()
         if built:
             self.apply_extension(**{k: v for k, v in self._ctx_request.items() if k != "max_length"})
         else:
             self._finish_extension()
+
+    def _shard_across_cpu_processes(self) -> None:
+        """Data parallelism for ``accelerate launch --cpu`` (gloo).
+
+        HFLM shards documents across processes only when it counts several GPUs; on
+        CPU every process would evaluate every document and write the same results.
+        Give each process its rank, as HFLM does on GPUs.
+        """
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or accelerator.num_processes <= 1 or self._world_size > 1:
+            return
+        if accelerator.device.type != "cpu":
+            return
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        eval_logger.info("lmeval-ctx: data parallel on CPU, process %d of %d", self._rank, self._world_size)
 
     def apply_extension(self, scaling: str | None = "none", **request) -> dict:
         """Apply another context-extension method to the loaded model, without reloading its weights.
