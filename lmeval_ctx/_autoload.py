@@ -17,6 +17,7 @@ import sys
 
 MODEL_TARGETS = {
     "ctx-hf": "lmeval_ctx.model_wrappers.ctx_hf:CtxHFLM",
+    "ctx-vllm": "lmeval_ctx.model_wrappers.ctx_vllm:CtxVLLM",
 }
 
 

@@ -1,0 +1,62 @@
+"""Translate ``ctx-hf``'s context-extension arguments into vLLM engine arguments.
+
+vLLM reads RoPE scaling from the Hugging Face config, overridable with
+``hf_overrides={"rope_parameters": {...}}`` (its ``--rope-scaling`` flag is gone),
+and the window from ``max_model_len``. The same resolution and validation as
+``ctx-hf`` produce the ``rope_parameters``; nothing here imports vLLM.
+
+- ``pi``: ``rope_type: linear``; ``yarn``: ``rope_type: yarn`` with its options;
+  ``dynamic_ntk``: ``rope_type: dynamic`` (``max_position_embeddings`` set to the
+  original length, which vLLM reads as such); ``ntk``: the default rope type with
+  ``rope_theta`` scaled by ``s^(d/(d-2))``.
+- ALiBi models are refused: vLLM has no slope override to carry NTK-ALiBi.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from lmeval_ctx.extension import ContextExtension, apply_to_config, resolve_extension, text_config
+
+EXTENSION_ARGS = ("scaling", "factor", "original_max_length", "beta_fast", "beta_slow", "attention_factor",
+                  "replace_rope_scaling")
+
+
+def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dict | None = None,
+                     **request) -> tuple[ContextExtension, dict]:
+    """``(extension, {"max_model_len": ..., "hf_overrides": {...}})`` for vLLM's ``LLM(...)``.
+
+    ``request`` takes ``ctx-hf``'s names (``scaling``, ``factor``, ...). ``hf_overrides``
+    the user passed are kept; one that already sets the RoPE fields conflicts with a method.
+    """
+    unknown = set(request) - set(EXTENSION_ARGS)
+    if unknown:
+        raise TypeError(f"Unknown context-extension argument(s): {', '.join(sorted(unknown))}.")
+    ext = resolve_extension(config, max_length=max_model_len, **request)
+    if ext.family == "alibi" and ext.method != "none":
+        raise ValueError(
+            f"ctx-vllm applies RoPE methods only; {ext.model_type} uses ALiBi, whose slopes vLLM cannot be told to "
+            "change. Run ALiBi methods with --model ctx-hf."
+        )
+    if ext.family == "absolute" and ext.method != "none":
+        raise ValueError(f"{ext.model_type} has learned absolute positions: only scaling=none applies.")
+    overrides = copy.deepcopy(hf_overrides) if hf_overrides else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"hf_overrides must be a dict of config fields; got {type(hf_overrides).__name__}.")
+    engine: dict = {}
+    if ext.method != "none":
+        clash = {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"} & set(overrides)
+        if clash:
+            raise ValueError(f"hf_overrides sets {', '.join(sorted(clash))} while scaling={ext.method} sets the "
+                             "RoPE parameters: pass one or the other.")
+        edited = copy.deepcopy(config)
+        apply_to_config(edited, ext)
+        cfg, original = text_config(edited), text_config(config)
+        overrides["rope_parameters"] = cfg.rope_parameters
+        if cfg.max_position_embeddings != original.max_position_embeddings:
+            overrides["max_position_embeddings"] = cfg.max_position_embeddings
+    if overrides:
+        engine["hf_overrides"] = overrides
+    if ext.max_length is not None:
+        engine["max_model_len"] = ext.max_length
+    return ext, engine

@@ -1,0 +1,86 @@
+"""ctx-vllm: the translation of ctx-hf's arguments into vLLM engine arguments (vLLM is not
+installed here; the translation is pure code and vLLM is imported only to build a model)."""
+
+import copy
+import importlib.util
+
+import pytest
+import transformers
+
+from lmeval_ctx.extension import resolve_extension, scaled_rope_parameters
+from lmeval_ctx.vllm_args import vllm_engine_args
+from tiny_models import CONFIGS
+
+
+@pytest.fixture
+def llama():
+    return CONFIGS["llama"]()  # trained length 128, rope_theta 10000, head_dim 16
+
+
+@pytest.mark.parametrize("scaling, rope_type", [("pi", "linear"), ("yarn", "yarn"), ("dynamic_ntk", "dynamic")])
+def test_rope_methods_become_vllm_rope_parameters(llama, scaling, rope_type):
+    ext, engine = vllm_engine_args(llama, scaling=scaling, factor=4)
+    assert engine["max_model_len"] == 512
+    params = engine["hf_overrides"]["rope_parameters"]
+    assert params["rope_type"] == rope_type and params["factor"] == 4.0
+    # exactly what ctx-hf writes into the transformers config
+    assert params == scaled_rope_parameters(llama, resolve_extension(llama, scaling=scaling, factor=4))
+    if scaling == "yarn":
+        assert params["original_max_position_embeddings"] == 128
+
+
+def test_ntk_is_a_scaled_base_and_yarn_options_pass_through(llama):
+    _, engine = vllm_engine_args(llama, scaling="ntk", factor=4)
+    params = engine["hf_overrides"]["rope_parameters"]
+    assert params["rope_type"] == "default"
+    assert params["rope_theta"] == pytest.approx(10000.0 * 4 ** (16 / 14))
+    _, engine = vllm_engine_args(llama, scaling="yarn", factor=4, beta_fast=16, beta_slow=2, attention_factor=1.2)
+    params = engine["hf_overrides"]["rope_parameters"]
+    assert (params["beta_fast"], params["beta_slow"], params["attention_factor"]) == (16, 2, 1.2)
+
+
+def test_dynamic_ntk_tells_vllm_the_original_length(llama):
+    config = copy.deepcopy(llama)
+    config.max_position_embeddings = 256  # a checkpoint whose config says 256, trained at 128
+    _, engine = vllm_engine_args(config, scaling="dynamic_ntk", factor=4, original_max_length=128)
+    assert engine["hf_overrides"]["max_position_embeddings"] == 128 and engine["max_model_len"] == 512
+
+
+def test_none_leaves_vllm_alone_and_user_overrides_are_kept(llama):
+    assert vllm_engine_args(llama)[1] == {}
+    assert vllm_engine_args(llama, max_model_len=256)[1] == {"max_model_len": 256}
+    _, engine = vllm_engine_args(llama, scaling="pi", factor=2, hf_overrides={"sliding_window": None})
+    assert engine["hf_overrides"]["sliding_window"] is None and "rope_parameters" in engine["hf_overrides"]
+    with pytest.raises(ValueError, match="hf_overrides sets rope_parameters while scaling=pi"):
+        vllm_engine_args(llama, scaling="pi", factor=2, hf_overrides={"rope_parameters": {"rope_type": "linear"}})
+
+
+def test_bad_requests_are_the_errors_of_ctx_hf(llama):
+    with pytest.raises(ValueError, match="not a known context-extension method"):
+        vllm_engine_args(llama, scaling="xpos", factor=2)
+    with pytest.raises(ValueError, match="must be a finite number >= 1"):
+        vllm_engine_args(llama, scaling="pi", factor=0.5)
+    with pytest.raises(ValueError, match="ctx-vllm applies RoPE methods only; bloom uses ALiBi"):
+        vllm_engine_args(CONFIGS["bloom"](), scaling="ntk", factor=2, original_max_length=128)
+    with pytest.raises(TypeError, match="Unknown context-extension argument"):
+        vllm_engine_args(llama, scaling="pi", factr=2)
+
+
+def test_ctx_vllm_is_registered_and_says_when_vllm_is_missing(tiny_model_dir):
+    from lm_eval.api.registry import get_model
+
+    model_class = get_model("ctx-vllm")
+    folder = str(tiny_model_dir("llama"))
+    with pytest.raises(ValueError, match="must be a finite number >= 1"):  # validated before vLLM is needed
+        model_class(pretrained=folder, scaling="yarn", factor=0.5)
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ImportError, match="ctx-vllm needs vLLM"):
+            model_class(pretrained=folder, scaling="yarn", factor=4)
+
+
+def test_translation_reads_only_the_config(tmp_path):
+    # a config saved alone (no weights) is all ctx-vllm reads before vLLM loads the model
+    CONFIGS["qwen2"]().save_pretrained(tmp_path)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    _, engine = vllm_engine_args(config, scaling="yarn", factor=2)
+    assert engine["max_model_len"] == 256 and engine["hf_overrides"]["rope_parameters"]["rope_type"] == "yarn"
