@@ -112,3 +112,24 @@ def test_shared_pass_equals_separate_runs_and_is_off_for_dynamic(tiny_model_dir,
     else:
         # dynamic NTK: a token's loss depends on the input length, so every length runs on its own
         assert together.shared_passes == 0 and sorted(together.lengths) == sorted(apart.lengths)
+
+
+def test_auto_batch_size_probes_the_longest_request_and_changes_no_figure(tiny_model_dir, monkeypatch):
+    folder = tiny_model_dir("llama")
+    metadata = {"pretrained": str(folder), "lengths": [64, 256], "stride": 32, "span": 256, "num_docs": 2}
+    figures = {}
+    for batch_size in (1, "auto"):
+        lm = CtxHFLM(pretrained=str(folder), scaling="pi", factor=2, dtype="float32", device="cpu",
+                     batch_size=batch_size, max_batch_size=16)
+        counter = ForwardCounter(lm, monkeypatch)
+        out = lm_eval.simple_evaluate(model=lm, tasks=["longppl"], metadata=metadata, bootstrap_iters=0)
+        monkeypatch.undo()
+        figures[batch_size] = out["results"]["longppl"]
+        if batch_size == "auto":
+            # lm-eval's probe ran 16 rows at the longest batched request (the 64-token windows)
+            # first; the windows served from a shared pass (up to 256) ran one at a time
+            assert counter.lengths[:16] == [63] * 16 and out["config"]["batch_sizes"] == [16]
+            assert counter.shared_passes == 2
+    for key, value in figures[1].items():
+        if isinstance(value, float):
+            assert figures["auto"][key] == pytest.approx(value, rel=1e-5), key
