@@ -195,28 +195,41 @@ def plot_heatmap(run: Run, grid, path: Path) -> None:
     plt.close(fig)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def plot_perplexity(model: str, runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for run in runs:
+    for index, run in enumerate(runs):
         lengths = sorted(run.perplexity)
-        ax.plot(lengths, [run.perplexity[n] for n in lengths], marker="o", label=run.label)
+        # shrinking markers keep a line visible when another lies exactly on it
+        ax.plot(lengths, [run.perplexity[n] for n in lengths], marker=MARKERS[index % len(MARKERS)],
+                markersize=max(4, 10 - 1.5 * index), linewidth=1.5, label=run.label)
     trained = {run.original_max_length for run in runs if run.original_max_length}
     for length in sorted(trained):
         ax.axvline(length, color="grey", linestyle="--", linewidth=1)
         ax.annotate(f"trained length {length:,}", (length, 1), xycoords=("data", "axes fraction"),
-                    xytext=(4, -14), textcoords="offset points", color="grey", fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+                    xytext=(-4, -14), textcoords="offset points", ha="right", color="grey", fontsize=8)
     all_lengths = sorted({n for run in runs for n in run.perplexity})
+    ax.set_xscale("log", base=2)
     ax.set_xticks(all_lengths, [f"{n:,}" for n in all_lengths])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
+    values = [v for run in runs for v in run.perplexity.values()]
+    if max(values) / min(values) > 5:  # a method that explodes: log scale, with readable ticks
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_ylabel("token perplexity (log scale)")
+    else:
+        ax.set_ylabel("token perplexity")
     ax.set_xlabel("evaluated length (tokens)")
-    ax.set_ylabel("token perplexity (log scale)")
     ax.set_title(f"Long-range perplexity by length\n{model}", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(title="method")
