@@ -255,6 +255,21 @@ class CtxHFLM(HFLM):
                     self.cache_hook.add_partial("loglikelihood", request_str, answer)
         return results
 
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not self._ctx_extension.length_dependent or self.batch_size == 1:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        # A left-padded prompt would be scaled for the longest prompt of its batch: generate
+        # each prompt length in its own batches.
+        by_length: dict[int, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_length.setdefault(len(self.tok_encode(request.args[0])), []).append(i)
+        results: list = [None] * len(requests)
+        for indices in by_length.values():
+            generated = super().generate_until([requests[i] for i in indices], disable_tqdm=disable_tqdm)
+            for i, text in zip(indices, generated, strict=True):
+                results[i] = text
+        return results
+
     def _score_lengths_apart(self, requests, disable_tqdm, override_bs):
         """Score each input length in its own batches: padding would change the scaling."""
         by_length: dict[int, list[int]] = {}
