@@ -21,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmeval_ctx.metric_names import per_length_metric, split_per_length_metric
+
 EFFECTIVE_ACCURACY = 0.8
 PASSKEY_METRIC, PERPLEXITY_METRIC = "acc", "token_perplexity"
 
@@ -61,7 +63,7 @@ def _model_name(results: dict) -> str:
     return Path(pretrained).name if Path(pretrained).is_absolute() else pretrained
 
 
-def _lengths_and_values(task: str, metrics: dict, config: dict, metric: str) -> dict[int, float]:
+def _lengths_and_values(metrics: dict, config: dict, metric: str) -> dict[int, float]:
     """``{length: value}`` of ``metric`` for a fixed-length task or a per-length one."""
     out = {}
     fixed = (config.get("dataset_kwargs") or {}).get("fixed_length")
@@ -71,10 +73,8 @@ def _lengths_and_values(task: str, metrics: dict, config: dict, metric: str) -> 
             continue
         if base == metric and fixed is not None:
             out[int(fixed)] = float(value)
-        else:
-            match = re.fullmatch(rf"{re.escape(metric)}@(\d+)", base)
-            if match:
-                out[int(match.group(1))] = float(value)
+        elif (split := split_per_length_metric(base)) and split[0] == metric:
+            out[split[1]] = float(value)
     return out
 
 
@@ -100,16 +100,16 @@ def read_runs(folders: list[str | Path]) -> list[Run]:
             extension = results.get("config", {}).get("context_extension") or {}
             method = extension.get("scaling", "none")
             factor = extension.get("factor")
-            run = runs.setdefault((_model_name(results), method, factor),
-                                  Run(_model_name(results), method, factor))
+            model = _model_name(results)
+            run = runs.setdefault((model, method, factor), Run(model, method, factor))
             run.original_max_length = extension.get("original_max_length") or run.original_max_length
             for task, metrics in scores.items():
                 config = results.get("configs", {}).get(task, {})
                 if task.startswith("passkey"):
-                    run.passkey.update(_lengths_and_values(task, metrics, config, PASSKEY_METRIC))
+                    run.passkey.update(_lengths_and_values(metrics, config, PASSKEY_METRIC))
                     run.sample_files += sorted(path.parent.glob(f"samples_{task}_*.jsonl"))
                 elif task.startswith("longppl"):
-                    run.perplexity.update(_lengths_and_values(task, metrics, config, PERPLEXITY_METRIC))
+                    run.perplexity.update(_lengths_and_values(metrics, config, PERPLEXITY_METRIC))
     usable = [run for run in runs.values() if run.passkey or run.perplexity]
     if not usable:
         raise ValueError("No passkey or longppl results in " + ", ".join(map(str, folders)) + ".")
@@ -152,8 +152,10 @@ def passkey_grid(run: Run) -> tuple[list[int], list[float], list[list[float | No
             sample = json.loads(line)
             doc = sample.get("doc", {})
             length, depth = doc.get("length"), doc.get("depth")
-            value = sample.get(PASSKEY_METRIC, sample.get(f"{PASSKEY_METRIC}@{length}"))
-            if length is None or depth is None or value is None:
+            if length is None or depth is None:
+                continue
+            value = sample.get(PASSKEY_METRIC, sample.get(per_length_metric(PASSKEY_METRIC, length)))
+            if value is None:
                 continue
             cells[(int(length), round(float(depth), 4))].append(float(value))
     if not cells:

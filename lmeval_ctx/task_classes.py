@@ -10,18 +10,9 @@ import json
 
 from lm_eval.api.task import ConfigurableTask
 
+from lmeval_ctx.metric_names import per_length_metric
+
 LENGTH_FIELD = "length"
-
-
-def per_length_metric(metric: str, length: int) -> str:
-    """The name of ``metric`` measured at ``length`` tokens, e.g. ``acc@4096``."""
-    return f"{metric}@{int(length)}"
-
-
-def split_per_length_metric(name: str) -> tuple[str, int] | None:
-    """``("acc", 4096)`` for ``"acc@4096"``; None for a name that is not per length."""
-    metric, sep, length = name.rpartition("@")
-    return (metric, int(length)) if sep and metric and length.isdigit() else None
 
 
 def dataset_notes(notes: dict) -> str:
