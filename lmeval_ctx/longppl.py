@@ -22,6 +22,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lmeval_ctx.lengths import validate_lengths
+
 # How far a window's end (or a context's end) may move to reach a token-exact cut.
 MAX_CUT_ADJUST = 32
 
@@ -141,15 +143,6 @@ def _documents(records: list, text_field: str, source: str) -> list[Document]:
 
 # -- token-exact windows ----------------------------------------------------------------
 
-def validate_lengths(lengths) -> list[int]:
-    from lmeval_ctx.passkey import validate_lengths as validate
-
-    lengths = validate(lengths)
-    if len(set(lengths)) != len(lengths):
-        raise ValueError(f"lengths has repeats: {lengths}. List each length once.")
-    return lengths
-
-
 class TokenizedDocument:
     """A document's tokens as lm-eval's HF model will see them, with their character offsets."""
 
@@ -193,7 +186,7 @@ class TokenizedDocument:
         text = self.text[:self.end_char(token_end)]
         return bool(text) and text == text.rstrip()
 
-    def window_start(self, begin: int) -> int | None:
+    def window_start(self, begin: int) -> int:
         """A start character for a window beginning at token ``begin`` (before or after the space)."""
         if begin == 0:
             return 0
@@ -221,12 +214,11 @@ def _first_context(doc: TokenizedDocument) -> int:
                      "through the tokenizer. Report this with the model name.")
 
 
-def truncation_window(doc: TokenizedDocument, doc_index: int, title: str, length: int) -> Window | None:
-    """The first ``length`` model tokens of ``doc`` as one window, or None when it is shorter."""
+def truncation_window(doc: TokenizedDocument, doc_index: int, title: str, length: int, first: int) -> Window | None:
+    """The first ``length`` model tokens of ``doc`` as one window (context: its first ``first`` tokens)."""
     budget = length - len(doc.prefix)
     if len(doc) < budget:
         return None
-    first = _first_context(doc)
     end = _exact_end(doc, 0, 0, budget, first + 1, clean=False)
     if end is None:
         raise ValueError(f"{title}: no token-exact cut within {MAX_CUT_ADJUST} tokens of {length}; "
@@ -234,31 +226,34 @@ def truncation_window(doc: TokenizedDocument, doc_index: int, title: str, length
     return _window(doc, doc_index, title, length, 0, 0, first, end, True)
 
 
-def sliding_windows(doc: TokenizedDocument, doc_index: int, title: str, length: int, stride: int,
-                    span: int) -> list[Window] | None:
-    """Windows of ``length`` model tokens whose ends advance by ``stride`` over the first ``span`` tokens.
+def span_end(doc: TokenizedDocument, title: str, span: int, first: int) -> int | None:
+    """The clean, token-exact end of a document's first ``span`` model tokens; None when it is shorter.
 
-    The span's end is found once per document, so every length scores the same tokens.
+    Found once per document, so every length of a sliding-window run scores the same tokens.
+    """
+    budget = span - len(doc.prefix)
+    if len(doc) < budget:
+        return None
+    end = _exact_end(doc, 0, 0, budget, first + 1)
+    if end is None:
+        raise ValueError(f"{title}: no token-exact cut within {MAX_CUT_ADJUST} tokens of the span {span}.")
+    return end
+
+
+def sliding_windows(doc: TokenizedDocument, doc_index: int, title: str, length: int, stride: int,
+                    first: int, end_of_span: int) -> list[Window]:
+    """Windows of ``length`` model tokens whose ends advance by ``stride`` up to ``end_of_span``.
+
+    Each scores the tokens after the previous window's end; the first scores from token ``first``.
     """
     budget = length - len(doc.prefix)
-    span_budget = span - len(doc.prefix)
-    if len(doc) < span_budget:
-        return None
-    first = _first_context(doc)
-    span_end = _exact_end(doc, 0, 0, span_budget, first + 1)
-    if span_end is None:
-        raise ValueError(f"{title}: no token-exact cut within {MAX_CUT_ADJUST} tokens of the span {span}.")
-    windows, scored_to, target = [], first, min(budget, span_end)
-    while scored_to < span_end:
+    windows, scored_to, target = [], first, min(budget, end_of_span)
+    while scored_to < end_of_span:
         begin = max(0, target - budget)
         window = None
-        for shift in range(MAX_CUT_ADJUST):
-            start = begin + shift
-            if start >= scored_to:
-                break
+        for start in range(begin, min(begin + MAX_CUT_ADJUST, scored_to)):
             start_char = doc.window_start(start)
-            end = span_end if target == span_end and doc.exact(start_char, start, span_end) else _exact_end(
-                doc, start_char, start, target, scored_to)
+            end = _exact_end(doc, start_char, start, target, scored_to)
             if end is not None and doc.exact(start_char, start, scored_to):
                 window = _window(doc, doc_index, title, length, start_char, start, scored_to, end, not windows)
                 break
@@ -267,7 +262,7 @@ def sliding_windows(doc: TokenizedDocument, doc_index: int, title: str, length: 
                              "report this with the model name.")
         windows.append(window)
         scored_to = end
-        target = min(target + stride, span_end)
+        target = min(target + stride, end_of_span)
     return windows
 
 
@@ -307,16 +302,25 @@ def build_windows(tokenizer, documents: list[Document], lengths, stride: int | N
         minimum = len(doc.prefix) + 2
         if min(lengths) < minimum:
             raise ValueError(f"length {min(lengths)} is too short: a window needs at least {minimum} tokens.")
+        if len(doc) + len(doc.prefix) < min(lengths):
+            for length in lengths:
+                left_out[length] += 1
+            continue
+        first = _first_context(doc)
+        if stride is None:
+            for length in lengths:
+                window = truncation_window(doc, index, document.title, length, first)
+                if window is None:
+                    left_out[length] += 1
+                else:
+                    windows.append(window)
+            continue
+        end_of_span = span_end(doc, document.title, span, first)
         for length in lengths:
-            if stride is None:
-                made = truncation_window(doc, index, document.title, length)
-                made = None if made is None else [made]
-            else:
-                made = sliding_windows(doc, index, document.title, length, stride, span)
-            if made is None:
+            if end_of_span is None:
                 left_out[length] += 1
             else:
-                windows.extend(made)
+                windows.extend(sliding_windows(doc, index, document.title, length, stride, first, end_of_span))
     scored = {w.length for w in windows}
     empty = [length for length in lengths if length not in scored]
     if empty:

@@ -13,6 +13,8 @@ import random
 import re
 from dataclasses import asdict, dataclass
 
+from lmeval_ctx.lengths import validate_lengths
+
 DESCRIPTION = (
     "There is an important info hidden inside a lot of irrelevant text. "
     "Find it and memorize them. I will quiz you about the important information there."
@@ -98,22 +100,6 @@ def build_sample(tokenizer, length: int, depth: float, key: str, gen_tokens: int
     return PasskeySample(prompt, key, length, float(depth), tokens, low)
 
 
-def validate_lengths(lengths) -> list[int]:
-    if isinstance(lengths, (int, str)):
-        lengths = [lengths]
-    out = []
-    for value in lengths or []:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            if isinstance(value, str) and value.isdigit() and int(value) > 0:
-                value = int(value)
-            else:
-                raise ValueError(f"lengths must be positive whole numbers of tokens; got {value!r}.")
-        out.append(value)
-    if not out:
-        raise ValueError('lengths is empty: pass e.g. --metadata \'{"lengths": [4096, 8192]}\'.')
-    return out
-
-
 def validate_depths(depths) -> list[float]:
     """A list of depths in [0, 1], or a count ``n`` meaning ``n`` depths evenly spaced over [0, 1]."""
     if isinstance(depths, str) and depths.strip().isdigit():
@@ -150,8 +136,6 @@ def generate_samples(tokenizer, lengths, num_samples: int = DEFAULT_NUM_SAMPLES,
     depths = validate_depths(depths)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}.")
-    if len(set(lengths)) != len(lengths):
-        raise ValueError(f"lengths has repeats: {lengths}. List each length once.")
     rngs = {length: random.Random(f"{seed}-{length}") for length in lengths}
     samples = []
     for i in range(num_samples):

@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmeval_ctx.metric_names import per_length_metric, split_per_length_metric
+from lmeval_ctx.lengths import per_length_metric, split_per_length_metric
 
 EFFECTIVE_ACCURACY = 0.8
 PASSKEY_METRIC, PERPLEXITY_METRIC = "acc", "token_perplexity"

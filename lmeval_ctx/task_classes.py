@@ -10,7 +10,7 @@ import json
 
 from lm_eval.api.task import ConfigurableTask
 
-from lmeval_ctx.metric_names import per_length_metric
+from lmeval_ctx.lengths import per_length_metric
 
 LENGTH_FIELD = "length"
 

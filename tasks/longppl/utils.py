@@ -4,7 +4,8 @@ import logging
 
 import datasets
 
-from lmeval_ctx.longppl import build_windows, load_corpus, validate_lengths
+from lmeval_ctx.lengths import validate_lengths
+from lmeval_ctx.longppl import build_windows, load_corpus
 from lmeval_ctx.task_classes import NotedTask, PerLengthTask, dataset_notes
 from lmeval_ctx.tokenizers import load_tokenizer, tokenizer_args
 
