@@ -11,9 +11,17 @@ lm-eval's path unchanged.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 
 eval_logger = logging.getLogger(__name__)
+
+
+def settings_digest(model_name: str, record: dict) -> str:
+    """A short digest of a model and its recorded context-extension settings (a ``response_cache_key``)."""
+    identity = {"model": model_name, "extension": record}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def settings_cache_path(cache_db: str, lm) -> str:

@@ -20,8 +20,6 @@ lm-eval batches and scores exactly as with ``--model hf``, except that
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 
 import torch
@@ -40,6 +38,7 @@ from lmeval_ctx.extension import (
 )
 from lmeval_ctx.prefix_sharing import plan_shared_prefixes
 from lmeval_ctx.response_cache import install as install_response_cache_keys
+from lmeval_ctx.response_cache import settings_digest
 from lmeval_ctx.rotary import rebuild_rotary_embeddings
 
 eval_logger = logging.getLogger(__name__)
@@ -132,11 +131,10 @@ class CtxHFLM(HFLM):
         full = {**self._ctx_created_request, "factor": None, "beta_fast": None, "beta_slow": None,
                 "attention_factor": None, "max_length": self._ctx_user_max_length, **request, "scaling": scaling}
         config = self._model.config
-        probe = copy.deepcopy(config)  # a bad request must leave the model as it was
+        probe = copy.deepcopy(config)  # resolve on a copy: a bad request must leave the model as it was
         restore_extension_fields(probe, self._ctx_shipped)
-        resolve_extension(probe, **full)
+        extension = resolve_extension(probe, **full)
         restore_extension_fields(config, self._ctx_shipped)
-        extension = resolve_extension(config, **full)
         self._ctx_applied = apply_to_config(config, extension)
         if extension.family == "rope":
             rebuild_rotary_embeddings(self._model)
@@ -180,8 +178,7 @@ class CtxHFLM(HFLM):
     @property
     def response_cache_key(self) -> str:
         """A digest of the model and its context-extension settings, for ``--use_cache`` file names."""
-        identity = {"model": str(getattr(self._model.config, "_name_or_path", "")), "extension": self._ctx_record}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self._ctx_record)
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
@@ -233,14 +230,11 @@ class CtxHFLM(HFLM):
         groups = plan_shared_prefixes([ctx + cont for _, ctx, cont in requests], max_tokens=self.max_length + 1)
         if not groups:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        results: list = [None] * len(requests)
         shared = {index for members in groups.values() for index in members}
         rest = [i for i in range(len(requests)) if i not in shared]
-        if rest:
-            scored = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=disable_tqdm,
-                                                   override_bs=override_bs)
-            for i, answer in zip(rest, scored, strict=True):
-                results[i] = answer
+        score = super()._loglikelihood_tokens
+        results = self._in_groups(requests, [rest] if rest else [],
+                                  lambda part: score(part, disable_tqdm=disable_tqdm, override_bs=override_bs))
         for carrier, members in tqdm(groups.items(), desc="Scoring shared prefixes (one pass each)",
                                      disable=disable_tqdm or self.rank != 0):
             _, ctx, cont = requests[carrier]
@@ -263,25 +257,27 @@ class CtxHFLM(HFLM):
         by_length: dict[int, list[int]] = {}
         for i, request in enumerate(requests):
             by_length.setdefault(len(self.tok_encode(request.args[0])), []).append(i)
-        results: list = [None] * len(requests)
-        for indices in by_length.values():
-            generated = super().generate_until([requests[i] for i in indices], disable_tqdm=disable_tqdm)
-            for i, text in zip(indices, generated, strict=True):
-                results[i] = text
-        return results
+        generate = super().generate_until
+        return self._in_groups(requests, by_length.values(), lambda part: generate(part, disable_tqdm=disable_tqdm))
 
     def _score_lengths_apart(self, requests, disable_tqdm, override_bs):
         """Score each input length in its own batches: padding would change the scaling."""
         by_length: dict[int, list[int]] = {}
         for i, (_, ctx, cont) in enumerate(requests):
             by_length.setdefault(len(ctx) + len(cont), []).append(i)
-        if len(by_length) == 1:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        score = super()._loglikelihood_tokens
+        return self._in_groups(requests, by_length.values(),
+                               lambda part: score(part, disable_tqdm=disable_tqdm, override_bs=override_bs))
+
+    @staticmethod
+    def _in_groups(requests, groups, run) -> list:
+        """``run`` on each group of request indices in turn; the answers back in request order.
+
+        Positions in no group are left None for the caller to fill.
+        """
         results: list = [None] * len(requests)
-        for indices in by_length.values():
-            scored = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=disable_tqdm,
-                                                   override_bs=override_bs)
-            for i, answer in zip(indices, scored, strict=True):
+        for indices in groups:
+            for i, answer in zip(indices, run([requests[i] for i in indices]), strict=True):
                 results[i] = answer
         return results
 

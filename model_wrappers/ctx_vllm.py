@@ -12,14 +12,13 @@ reaches vLLM as ``hf_overrides={"rope_parameters": ...}`` and ``max_model_len``
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from lmeval_ctx.response_cache import install as install_response_cache_keys
+from lmeval_ctx.response_cache import settings_digest
 from lmeval_ctx.vllm_args import EXTENSION_ARGS, vllm_engine_args
 
 eval_logger = logging.getLogger(__name__)
@@ -46,8 +45,7 @@ def _engine_class():
 
         @property
         def response_cache_key(self) -> str:
-            identity = {"model": self.pretrained_name, "extension": self.context_extension_record}
-            return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            return settings_digest(self.pretrained_name, self.context_extension_record)
 
     return CtxVLLMEngine
 
