@@ -10,7 +10,6 @@ METHODS="${METHODS:-none yarn dynamic_ntk ntk pi}"
 DEVICE="${DEVICE:-cpu}"
 OUT="${OUT:-runs/passkey_16k}"
 . scripts/_smollm2_env.sh
-DEPTHS=$(python -c "n=$NUM_SAMPLES; print([round(i/(n-1), 4) for i in range(n)] if n > 1 else [0.5])")
 mkdir -p "$OUT"
 for method in $METHODS; do
   if [ "$method" = none ]; then scaling="scaling=none,max_length=16384"; else scaling="scaling=$method,factor=2"; fi
@@ -18,7 +17,7 @@ for method in $METHODS; do
   start=$(date +%s)
   lm_eval --model ctx-hf \
     --model_args "pretrained=$MODEL_DIR,gguf_file=$GGUF_FILE,$scaling" \
-    --tasks passkey_16k --metadata "{\"num_samples\": $NUM_SAMPLES, \"depths\": $DEPTHS}" \
+    --tasks passkey_16k --metadata "{\"num_samples\": $NUM_SAMPLES, \"depths\": $NUM_SAMPLES}" \
     --device "$DEVICE" --output_path "$OUT/$method" --log_samples 2> "$OUT/$method.log" \
     || { tail -n 30 "$OUT/$method.log"; exit 1; }
   echo "=== $method took $(( $(date +%s) - start )) s"
