@@ -2,8 +2,11 @@
 
 lm-eval keys a cached response on the request alone (``hash_args(method, args)``),
 not on the model's settings, so a ``pi`` run and a ``yarn`` run pointed at the
-same ``--use_cache`` path would silently reuse each other's answers. For models
-that name their settings (``ctx-hf``'s ``response_cache_key``), the cache file
+same ``--use_cache`` path would silently reuse each other's answers; so would a
+``truncation=True`` run and one that must refuse an over-long request. For models
+that name their settings (``ctx-hf``'s ``response_cache_key``: the context extension
+with all its parameters, the window, and every HFLM setting in
+:data:`HF_RESPONSE_SETTINGS`, the dtype and a sample of the weights), the cache file
 gets that key in its name: each setting has its own file, other models keep
 lm-eval's path unchanged.
 """
@@ -13,14 +16,67 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 
-eval_logger = logging.getLogger(__name__)
+from lmeval_ctx.logs import plugin_logger
+
+eval_logger = plugin_logger(__name__)
 
 
-def settings_digest(model_name: str, record: dict) -> str:
-    """A short digest of a model and its recorded context-extension settings (a ``response_cache_key``)."""
+# Attributes of lm-eval's HFLM (so of ctx-hf) that change the answer to one request; the
+# request itself (prompt, continuation, generation kwargs) is lm-eval's own key.
+HF_RESPONSE_SETTINGS = (
+    "truncation",             # cut an over-long request from the left, or refuse it
+    "max_length",             # the window
+    "max_gen_toks",           # the generation budget when a request names none
+    "add_bos_token",          # the tokens scored
+    "prefix_token_id",        # the context of a request with an empty context
+    "softmax_dtype",          # the log-probabilities' precision
+    "mixed_precision_dtype",  # autocast around the forward pass
+    "think_end_token",        # generated text is cut after it
+    "backend",                # causal or seq2seq scoring
+    "revision", "peft", "delta",
+)
+WEIGHT_SAMPLE_VALUES = 64
+
+
+def hf_response_settings(lm) -> dict:
+    """Everything of an HFLM, beside its context extension, that decides its answers.
+
+    The model is identified by its path, its tokenizer's, its dtype and a few weights
+    (the first values of the first, middle and last parameter), so two checkpoints
+    behind one path (another ``gguf_file``, ``subfolder`` or adapter) never share a key.
+    """
+    model = lm._model
+    settings = {name: getattr(lm, name, None) for name in HF_RESPONSE_SETTINGS}
+    settings["dtype"] = getattr(model, "dtype", None)
+    settings["tokenizer"] = getattr(getattr(lm, "tokenizer", None), "name_or_path", None)
+    settings["weights"] = weight_sample_digest(model)
+    return settings
+
+
+def weight_sample_digest(model) -> str | None:
+    """A digest of the first values of the model's first, middle and last parameter (cheap on any device)."""
+    import torch
+
+    parameters = [p for p in model.parameters() if p.device.type != "meta" and p.numel()]
+    if not parameters:
+        return None
+    digest = hashlib.sha256()
+    for index in sorted({0, len(parameters) // 2, len(parameters) - 1}):
+        first_row = parameters[index].detach()
+        while first_row.dim() > 1:
+            first_row = first_row[0]  # a view: nothing of the size of the parameter is copied
+        values = first_row[:WEIGHT_SAMPLE_VALUES].to("cpu", torch.float32)
+        digest.update(str(tuple(parameters[index].shape)).encode() + values.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def settings_digest(model_name: str, record: dict, settings: dict | None = None) -> str:
+    """A short digest of a model, its recorded context-extension settings and its other
+    response-changing ``settings`` (a ``response_cache_key``)."""
     identity = {"model": model_name, "extension": record}
+    if settings is not None:
+        identity["settings"] = settings
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

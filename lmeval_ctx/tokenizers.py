@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+from lmeval_ctx.args import parse_bool
+
 # model-arg keys that say where the tokenizer is
 TOKENIZER_ARG_KEYS = ("tokenizer", "pretrained", "gguf_file", "revision", "trust_remote_code", "subfolder")
 
@@ -26,7 +28,7 @@ def load_tokenizer(args: dict):
         source,
         args.get("gguf_file") if not args.get("tokenizer") else None,
         str(args.get("revision") or "main"),
-        bool(args.get("trust_remote_code", False)),
+        parse_bool(args.get("trust_remote_code", False), "trust_remote_code"),
         str(args.get("subfolder") or ""),
     )
 

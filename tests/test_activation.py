@@ -1,5 +1,6 @@
 """lm-eval finds ctx-hf and the plugin's tasks with no flags, and start-up stays cheap."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,13 +45,15 @@ def test_model_and_tasks_resolve_in_a_fresh_interpreter():
 
 
 def test_user_include_path_is_kept_and_ours_added(tmp_path):
+    # given by position, as lm-eval's signature allows (tests/test_autoload.py covers the other forms)
     code = (
         "from lm_eval.tasks import TaskManager\n"
-        f"tm = TaskManager(include_path={str(tmp_path)!r})\n"
-        "print(tm.include_path)\n"
+        "import json\n"
+        f"tm = TaskManager(None, {str(tmp_path)!r})\n"
+        "print(json.dumps([str(p) for p in tm.include_path]))\n"
     )
     printed = run_python(code).stdout.strip().splitlines()[-1]
-    assert str(tmp_path) in printed and str(tasks_path()) in printed
+    assert json.loads(printed) == [str(tasks_path()), str(tmp_path)]
 
 
 def test_autoload_can_be_switched_off():
@@ -64,11 +67,23 @@ def test_tasks_path_command():
     assert Path(out) == tasks_path() and (Path(out) / "passkey" / "passkey_1k.yaml").is_file()
 
 
-def test_entry_point_is_declared():
-    from importlib.metadata import entry_points
+def test_installed_distribution_declares_both_plugin_entry_points():
+    # The installed metadata: the wheel's in CI, the editable install's in a checkout.
+    from importlib.metadata import distribution
 
-    (ep,) = [e for e in entry_points(group="lm_eval.models") if e.name == "ctx-hf"]
-    assert ep.value == "lmeval_ctx.model_wrappers.ctx_hf:CtxHFLM"
+    from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
+
+    declared = {(ep.group, ep.name): ep for ep in distribution("lmeval-ctx").entry_points}
+    models = {name: ep.value for (group, name), ep in declared.items() if group == "lm_eval.models"}
+    assert models == {"ctx-hf": "lmeval_ctx.model_wrappers.ctx_hf:CtxHFLM",
+                      "ctx-vllm": "lmeval_ctx.model_wrappers.ctx_vllm:CtxVLLM"}
+    assert declared[("lm_eval.models", "ctx-hf")].load() is CtxHFLM
+    (tasks,) = [ep for (group, _), ep in declared.items() if group == "lm_eval.tasks"]
+    # resolved as lm-eval's discovery does: the value names a package, its folder holds the YAMLs
+    spec = importlib.util.find_spec(tasks.value)
+    folder = Path(list(spec.submodule_search_locations)[0])
+    assert folder == tasks_path()
+    assert {"passkey_1k.yaml", "longppl_1k.yaml"} <= {p.name for p in folder.rglob("*.yaml")}
 
 
 @pytest.mark.skipif(os.environ.get("LMEVAL_CTX_EXPECT_WHEEL") != "1", reason="only where the wheel is installed")

@@ -1,6 +1,9 @@
 """A request longer than the window is an error, unless truncation=True."""
 
+from contextlib import contextmanager
+
 import pytest
+import torch
 from lm_eval.api.instance import Instance
 
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
@@ -39,13 +42,49 @@ def test_loglikelihood_over_the_window_is_an_error(windowed):
     assert result[0] < 0
 
 
-def test_truncation_true_restores_lm_evals_left_truncation(tiny_model_dir):
-    lm = CtxHFLM(pretrained=str(tiny_model_dir("llama")), device="cpu", dtype="float32", max_length=64,
-                 truncation=True)
-    (out,) = lm.generate_until([generate_request("x" * 70)])
+@contextmanager
+def model_inputs(lm):
+    """The token ids of every forward pass of ``lm``'s model, as its embedding layer receives them."""
+    seen = []
+    hook = lm.model.get_input_embeddings().register_forward_pre_hook(lambda _, args: seen.append(args[0].tolist()))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+# printable characters without spaces, all different within 94: where a cut falls shows in the tokens
+DISTINCT = "".join(chr(33 + i % 94) for i in range(200))
+
+
+@pytest.fixture(scope="module")
+def truncating(tiny_model_dir):
+    return CtxHFLM(pretrained=str(tiny_model_dir("llama")), device="cpu", dtype="float32", max_length=64,
+                   truncation=True)
+
+
+def test_truncation_true_keeps_the_end_of_a_generation_prompt(truncating):
+    prompt = DISTINCT[:70]  # 70 tokens; the window of 64 leaves 60 beside 4 generated tokens
+    with model_inputs(truncating) as seen:
+        (out,) = truncating.generate_until([generate_request(prompt, max_gen_toks=4)])
     assert isinstance(out, str)
-    (result,) = lm.loglikelihood([loglikelihood_request("a" * 80, "bc")])
-    assert result[0] < 0
+    assert seen[0] == [truncating.tok_encode(prompt[-60:])]  # the prompt's last 60 characters, nothing else
+    assert len(seen) == 4 and all(len(step[0]) == 1 for step in seen[1:])  # then one token per step
+
+
+def test_truncation_true_keeps_the_end_of_a_loglikelihood_request(truncating):
+    context, continuation = DISTINCT[:80], "bc"
+    with model_inputs(truncating) as seen:
+        ((logprob, _),) = truncating.loglikelihood([loglikelihood_request(context, continuation)])
+    whole = truncating.tok_encode(context + continuation)
+    kept = whole[-65:-1]  # 64 tokens read; the last token is only a target
+    assert seen == [[kept]]
+    # the score is that of the continuation after exactly those tokens
+    with torch.no_grad():
+        logits = truncating.model(torch.tensor([kept])).logits[0].double().log_softmax(-1)
+    targets = whole[-2:]
+    expected = float(logits[-2, targets[0]] + logits[-1, targets[1]])
+    assert logprob == pytest.approx(expected, abs=1e-4)
 
 
 def test_scaled_window_admits_what_the_trained_one_refuses(tiny_model_dir):
