@@ -17,11 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmeval_ctx.architectures import alibi_architecture
+from lmeval_ctx.args import parse_optional_bool
 from lmeval_ctx.methods import LENGTH_DEPENDENT_METHODS, canonical_method, validate_factor
 from lmeval_ctx.methods.rope import ROPE_METHODS, base_rope_parameters, validate_rope_options
-
-# Architectures whose attention uses ALiBi slopes; Falcon only with ``alibi=True``.
-ALIBI_MODEL_TYPES = ("bloom", "mpt", "falcon")
 
 # RoPE types a checkpoint may ship whose frequencies change with the input length:
 # transformers' dynamic NTK, and Phi-3's longrope (long factors past the original length).
@@ -52,19 +51,27 @@ class ContextExtension:
     options: dict = field(default_factory=dict)  # YaRN's beta_fast, beta_slow, attention_factor
     replace_rope_scaling: bool = False
     shipped_rope_parameters: dict | None = None  # the config's own, before any change
+    # Layer types (``layer_types``): those keyed in ``rope_parameters`` (empty: one RoPE shared by
+    # every layer), the types the method is written into, and those keeping their trained RoPE, with why.
+    rope_layer_types: tuple[str, ...] = ()
+    scaled_layer_types: tuple[str, ...] = ()
+    kept_layer_types: dict = field(default_factory=dict)
 
     @property
     def length_dependent(self) -> bool:
         """True when a token's loss depends on the total input length.
 
-        So it is for the dynamic methods, and for ``scaling=none`` on a checkpoint that
-        ships a dynamic or longrope scaling. Then a prefix's losses cannot be read off a
-        longer input, and inputs of different lengths must not share a padded batch.
+        So it is for the dynamic methods, and where a checkpoint's dynamic or longrope scaling
+        stays in place: with ``scaling=none``, or on a layer type the method keeps. Then a
+        prefix's losses cannot be read off a longer input, and inputs of different lengths
+        must not share a padded batch.
         """
         if self.method in LENGTH_DEPENDENT_METHODS:
             return True
-        shipped = (self.shipped_rope_parameters or {}).get("rope_type")
-        return self.method == "none" and shipped in LENGTH_DEPENDENT_ROPE_TYPES
+        entries = _rope_entries(self.shipped_rope_parameters or {}, per_layer_type=bool(self.rope_layer_types))
+        if self.method != "none":  # the method replaces the entries it scales
+            entries = {t: p for t, p in entries.items() if t is not None and t not in self.scaled_layer_types}
+        return any(_rope_type(params) in LENGTH_DEPENDENT_ROPE_TYPES for params in entries.values())
 
     def record(self, applied: dict | None = None) -> dict:
         """A JSON-ready description of what ran, for logs and lm-eval's results."""
@@ -81,6 +88,11 @@ class ContextExtension:
             out["options"] = dict(self.options)
         if self.replace_rope_scaling:
             out["replaced_rope_parameters"] = self.shipped_rope_parameters
+        if self.method != "none" and (self.scaled_layer_types or self.kept_layer_types):
+            out["scaled_layer_types"] = list(self.scaled_layer_types)
+            out["kept_layer_types"] = dict(self.kept_layer_types)
+            if not self.rope_layer_types:
+                out["layer_types_note"] = SHARED_ROPE_NOTE
         if applied:
             out.update(applied)
         return out
@@ -100,28 +112,139 @@ def text_config(config):
 def position_family(config) -> str:
     """``"alibi"``, ``"rope"`` or ``"absolute"`` (learned or no known position scheme)."""
     cfg = text_config(config)
-    model_type = getattr(cfg, "model_type", "")
-    if model_type in ("bloom", "mpt"):
-        return "alibi"
-    if model_type == "falcon" and getattr(cfg, "alibi", False):
+    if alibi_architecture(cfg) is not None:  # lmeval_ctx.architectures: Falcon only with alibi=True
         return "alibi"
     if getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_theta", None):
         return "rope"
     return "absolute"
 
 
-def _is_per_layer_type(rope_parameters: dict) -> bool:
-    return bool(rope_parameters) and all(isinstance(v, dict) for v in rope_parameters.values())
+# Per-layer-type RoPE. Gemma 2/3-style configs list a ``layer_types`` entry per layer and, where
+# the types differ in RoPE, one ``rope_parameters`` entry per type (transformers builds one pair of
+# frequency buffers per type). A type whose attention spans a bounded number of tokens, no more
+# than the trained context, never sees a distance the model was not trained on, so a method must
+# leave its RoPE as trained; see layer_types_to_scale.
+
+# Layer types whose attention reaches a bounded distance, and the config field holding the bound.
+BOUNDED_LAYER_TYPES = {"sliding_attention": "sliding_window", "chunked_attention": "attention_chunk_size"}
+# Layer types whose attention reaches every earlier token.
+UNBOUNDED_LAYER_TYPES = ("full_attention",)
+# RoPE types that are a layout of the base frequencies rather than a scaling, which the methods
+# here cannot be written over (Gemma 4's ``proportional``: a share of the dimensions unrotated).
+UNSCALABLE_ROPE_TYPES = ("proportional",)
 
 
-def _shipped_scalings(rope_parameters: dict) -> dict[str | None, dict]:
-    """The scaled entries of ``rope_parameters`` ({layer_type or None: params})."""
-    entries = rope_parameters.items() if _is_per_layer_type(rope_parameters) else [(None, rope_parameters)]
-    return {
-        layer: dict(params)
-        for layer, params in entries
-        if params.get("rope_type", params.get("type", "default")) not in ("default", None)
-    }
+def rope_layer_types(cfg) -> list[str]:
+    """The layer types ``cfg.rope_parameters`` is keyed by, in the order layers first use them;
+    empty for one entry shared by all layers.
+
+    As transformers decides it: only keys that are layer types of the config count.
+    """
+    rope_parameters = getattr(cfg, "rope_parameters", None) or {}
+    in_layer_order = dict.fromkeys(getattr(cfg, "layer_types", None) or ())  # first appearance
+    return [key for key in in_layer_order if key in rope_parameters]
+
+
+def _rope_type(params: dict | None) -> str | None:
+    if params is None:
+        return None
+    return params.get("rope_type", params.get("type", "default"))
+
+
+def _rope_entries(rope_parameters: dict, *, per_layer_type: bool) -> dict[str | None, dict | None]:
+    """``{layer_type: params}`` for per-layer-type parameters, ``{None: params}`` for one shared entry."""
+    return dict(rope_parameters) if per_layer_type else {None: rope_parameters}
+
+
+def _shipped_scalings(entries: dict[str | None, dict | None]) -> dict[str | None, dict]:
+    """The entries that already carry a scaling ({layer_type or None: params})."""
+    return {layer: dict(params) for layer, params in entries.items()
+            if params is not None and _rope_type(params) not in ("default", None)}
+
+
+SCALE_ALL_LAYER_TYPES = "all"
+SHARED_ROPE_NOTE = ("one RoPE shared by every layer type in this architecture (transformers builds one rotary "
+                    "embedding), so the sliding-window layers are scaled too")
+
+
+def _requested_layer_types(scale_layer_types, available: list[str], model_type: str) -> list[str] | None:
+    """``scale_layer_types`` as a list of the config's layer types; None when not given."""
+    if scale_layer_types is None:
+        return None
+    if isinstance(scale_layer_types, str):
+        names = [part.strip() for part in scale_layer_types.replace("|", "+").split("+")]
+    else:
+        names = [str(part).strip() for part in scale_layer_types]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError(f"scale_layer_types={scale_layer_types!r} names no layer type. Pass "
+                         f"scale_layer_types={SCALE_ALL_LAYER_TYPES} or layer types joined by '+'.")
+    if SCALE_ALL_LAYER_TYPES in names:
+        if names != [SCALE_ALL_LAYER_TYPES]:
+            raise ValueError(f"scale_layer_types={scale_layer_types!r} mixes 'all' with layer types; pass one or the other.")
+        return list(available)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        have = ", ".join(available) if available else "none: its RoPE parameters are shared by every layer"
+        raise ValueError(
+            f"scale_layer_types={scale_layer_types!r}: {', '.join(repr(n) for n in unknown)} is not a layer type "
+            f"with its own RoPE in this {model_type} config (its layer types with RoPE: {have}). "
+            f"Pass some of those joined by '+', or scale_layer_types={SCALE_ALL_LAYER_TYPES}."
+        )
+    return [name for name in available if name in names]  # the config's order
+
+
+def layer_types_to_scale(config, original_max_length: int | None, scale_layer_types=None
+                         ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Which layer types a method scales: ``(scaled, {kept type: why})``.
+
+    The rule: a layer type is scaled when its attention can reach beyond the original
+    (trained) context: full attention, or a sliding window or chunk longer than the
+    original length. A type whose window is at most the original length only ever sees
+    distances it was trained on and keeps its trained RoPE (long-context releases of
+    such models scale the global layers only). ``scale_layer_types`` (``"all"`` or types
+    joined by ``+``, e.g. ``full_attention``) overrides the rule.
+
+    Configs whose RoPE parameters are shared by every layer have one rotary embedding, so
+    the method applies to all layers: ``((), {})``, or every layer type when some are
+    sliding-window types (Gemma 2), to record that those are scaled too.
+    """
+    cfg = text_config(config)
+    model_type = getattr(cfg, "model_type", "unknown")
+    available = rope_layer_types(cfg)
+    requested = _requested_layer_types(scale_layer_types, available, model_type)
+    if not available:
+        layer_types = tuple(dict.fromkeys(getattr(cfg, "layer_types", None) or ()))
+        return (layer_types if any(t in BOUNDED_LAYER_TYPES for t in layer_types) else ()), {}
+    rope_parameters = cfg.rope_parameters
+    with_rope = [t for t in available if rope_parameters[t] is not None]
+    kept: dict[str, str] = {t: "no RoPE in this layer type" for t in available if rope_parameters[t] is None}
+    if requested is not None:
+        if any(rope_parameters[t] is None for t in requested):
+            raise ValueError(f"scale_layer_types={scale_layer_types!r} names a layer type without RoPE "
+                             f"({', '.join(t for t in requested if rope_parameters[t] is None)}); "
+                             f"layer types with RoPE: {', '.join(with_rope)}.")
+        kept.update({t: f"not in scale_layer_types={scale_layer_types!r}" for t in with_rope if t not in requested})
+        return tuple(requested), kept
+    scaled = []
+    for layer_type in with_rope:
+        if layer_type in UNBOUNDED_LAYER_TYPES:
+            scaled.append(layer_type)
+            continue
+        if layer_type not in BOUNDED_LAYER_TYPES:
+            raise ValueError(
+                f"This {model_type} config has layer type {layer_type!r}, whose attention span is not known here, "
+                f"so it cannot tell whether to scale it. Pass scale_layer_types=<types joined by '+'> "
+                f"(layer types with RoPE: {', '.join(with_rope)}) or scale_layer_types={SCALE_ALL_LAYER_TYPES}."
+            )
+        span_field = BOUNDED_LAYER_TYPES[layer_type]
+        span = getattr(cfg, span_field, None)
+        if span is None or original_max_length is None or span > original_max_length:
+            scaled.append(layer_type)
+        else:
+            kept[layer_type] = (f"{span_field}={span} <= original_max_length={original_max_length}: "
+                                "its attention never reaches beyond the trained context")
+    return tuple(scaled), kept
 
 
 def _original_length_from_config(cfg, shipped: dict[str | None, dict]) -> tuple[int | None, str | None]:
@@ -155,9 +278,15 @@ def resolve_extension(
     beta_fast=None,
     beta_slow=None,
     attention_factor=None,
-    replace_rope_scaling: bool = False,
+    replace_rope_scaling=False,
+    scale_layer_types=None,
 ) -> ContextExtension:
-    """Validate a request against ``config``; raise ValueError naming the argument and the fix."""
+    """Validate a request against ``config``; raise ValueError naming the argument and the fix.
+
+    ``replace_rope_scaling`` may be a bool or its spelling from ``--model_args`` (``no``, ``true``,
+    ...); ``scale_layer_types`` overrides :func:`layer_types_to_scale`'s rule.
+    """
+    replace_rope_scaling = bool(parse_optional_bool(replace_rope_scaling, "replace_rope_scaling"))
     cfg = text_config(config)
     model_type = getattr(cfg, "model_type", "unknown")
     family = position_family(config)
@@ -192,10 +321,34 @@ def resolve_extension(
         return ContextExtension(method, requested, family, model_type, None, learned, window)
 
     rope_parameters = copy.deepcopy(getattr(cfg, "rope_parameters", None) or {}) if family == "rope" else {}
-    shipped = _shipped_scalings(rope_parameters)
+    if family != "rope" and scale_layer_types is not None:
+        raise ValueError(f"scale_layer_types={scale_layer_types!r} chooses RoPE layer types; this {model_type} "
+                         f"model uses {family} positions. Remove it.")
+    entries = _rope_entries(rope_parameters, per_layer_type=bool(rope_layer_types(cfg)))
+    if original_max_length is not None:
+        original = _positive_int(original_max_length, "original_max_length")
+    else:
+        original, _ = _original_length_from_config(cfg, _shipped_scalings(entries))
+    scaled_types, kept_types = layer_types_to_scale(cfg, original, scale_layer_types) if family == "rope" else ((), {})
+    targets = {t: p for t, p in entries.items() if t is None or t in scaled_types}
+    if method != "none" and (scaled_types or kept_types) and not scaled_types:
+        raise ValueError(
+            f"scaling={requested!r} would change nothing on this {model_type} model: no layer type's attention "
+            f"reaches beyond the trained context ({'; '.join(f'{t}: {why}' for t, why in kept_types.items())}). "
+            "Use scaling=none, or pass scale_layer_types=all to scale them anyway."
+        )
+    unscalable = {t: _rope_type(p) for t, p in targets.items() if _rope_type(p) in UNSCALABLE_ROPE_TYPES}
+    if method != "none" and unscalable:
+        where = ", ".join(f"{t or 'all layers'}: rope_type={kind}" for t, kind in unscalable.items())
+        raise ValueError(
+            f"scaling={requested!r} cannot be written over this {model_type} model's RoPE ({where}): that RoPE "
+            "type lays out the base frequencies itself, which these methods do not rewrite."
+            + (" Pass scale_layer_types=<other layer types> to leave it as trained." if scaled_types else "")
+        )
+    shipped = _shipped_scalings(targets)
     if shipped and method != "none" and not replace_rope_scaling:
         desc = "; ".join(
-            f"{layer + ': ' if layer else ''}rope_type={p.get('rope_type', p.get('type'))}"
+            f"{layer + ': ' if layer else ''}rope_type={_rope_type(p)}"
             + (f", factor={p['factor']}" if "factor" in p else "")
             for layer, p in shipped.items()
         )
@@ -206,10 +359,6 @@ def resolve_extension(
             "then comes from the shipped original_max_position_embeddings or original_max_length)."
         )
 
-    if original_max_length is not None:
-        original = _positive_int(original_max_length, "original_max_length")
-    else:
-        original, _ = _original_length_from_config(cfg, shipped)
     if original is None and method != "none":
         raise ValueError(
             f"original_max_length is required: this {model_type} config records no trained context length "
@@ -226,6 +375,8 @@ def resolve_extension(
         return ContextExtension(
             method, requested, family, model_type, None, original, window,
             shipped_rope_parameters=rope_parameters or None,
+            rope_layer_types=tuple(rope_layer_types(cfg)), scaled_layer_types=scaled_types,
+            kept_layer_types=kept_types,
         )
 
     if factor is None:
@@ -246,33 +397,56 @@ def resolve_extension(
         window = int(round(original * factor_value))
     return ContextExtension(
         method, requested, family, model_type, factor_value, original, window, options,
-        replace_rope_scaling=bool(shipped) and bool(replace_rope_scaling),
+        replace_rope_scaling=bool(shipped) and replace_rope_scaling,
         shipped_rope_parameters=rope_parameters or None,
+        rope_layer_types=tuple(rope_layer_types(cfg)), scaled_layer_types=scaled_types,
+        kept_layer_types=kept_types,
     )
 
 
-def rotary_dim(cfg, params: dict) -> int:
-    """Dimensions rotated per head: ``head_dim * partial_rotary_factor``."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    partial = params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None) or 1.0)
+def layer_type_config(cfg, layer_type: str | None):
+    """The config as one layer type sees it: transformers' ``per_layer_config[type]`` where the
+    config differs by layer (Gemma 4's larger head dimension in full-attention layers), else ``cfg``."""
+    if layer_type is None:
+        return cfg
+    try:
+        return cfg.per_layer_config[layer_type]
+    except (AttributeError, ValueError):  # no per-layer overrides: every type reads the global config
+        return cfg
+
+
+def rotary_dim(cfg, params: dict, layer_type: str | None = None) -> int:
+    """Dimensions rotated per head in ``layer_type`` (None: every layer): ``head_dim * partial_rotary_factor``.
+
+    The head dimension and the factor are read as transformers' RoPE functions read them for
+    that layer type: the type's own config and ``rope_parameters`` entry.
+    """
+    layer_cfg = layer_type_config(cfg, layer_type)
+    head_dim = getattr(layer_cfg, "head_dim", None) or layer_cfg.hidden_size // layer_cfg.num_attention_heads
+    partial = params.get("partial_rotary_factor", getattr(layer_cfg, "partial_rotary_factor", None) or 1.0)
     return int(head_dim * partial)
 
 
 def scaled_rope_parameters(config, ext: ContextExtension) -> dict:
-    """The ``rope_parameters`` that ``ext`` writes into ``config`` (the config is not changed)."""
+    """The ``rope_parameters`` that ``ext`` writes into ``config`` (the config is not changed).
+
+    Per-layer-type parameters: each scaled type from its own base parameters and rotary
+    dimension (static NTK's new base differs per type); kept types are copied unchanged.
+    """
     cfg = text_config(config)
     current = copy.deepcopy(cfg.rope_parameters)
     if ext.method == "none":
         return current
     method = ROPE_METHODS[ext.method]
 
-    def scale(params: dict) -> dict:
+    def scale(params: dict, layer_type: str | None) -> dict:
         base = base_rope_parameters(params)
-        return method(base, ext.factor, ext.original_max_length, rotary_dim(cfg, base), ext.options)
+        return method(base, ext.factor, ext.original_max_length, rotary_dim(cfg, base, layer_type), ext.options)
 
-    if _is_per_layer_type(current):
-        return {layer: scale(params) for layer, params in current.items()}
-    return scale(current)
+    if rope_layer_types(cfg):
+        return {layer: scale(params, layer) if layer in ext.scaled_layer_types else params
+                for layer, params in current.items()}
+    return scale(current, None)
 
 
 # The config fields apply_to_config may change.

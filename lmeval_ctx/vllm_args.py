@@ -9,6 +9,8 @@ and the window from ``max_model_len``. The same resolution and validation as
   ``dynamic_ntk``: ``rope_type: dynamic`` (``max_position_embeddings`` set to the
   original length, which vLLM reads as such); ``ntk``: the default rope type with
   ``rope_theta`` scaled by ``s^(d/(d-2))``.
+- per-layer-type models (Gemma 3): only the layer types ``ctx-hf`` scales are
+  scaled (``scale_layer_types`` as for ``ctx-hf``).
 - ALiBi models are refused: vLLM has no slope override to carry NTK-ALiBi.
 """
 
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import copy
 
-from lmeval_ctx.extension import ContextExtension, apply_to_config, resolve_extension, text_config
+from lmeval_ctx.extension import ContextExtension, text_config
+from lmeval_ctx.lifecycle import EXTENSION_ARGS as LIFECYCLE_ARGS
+from lmeval_ctx.lifecycle import extend
 
-EXTENSION_ARGS = ("scaling", "factor", "original_max_length", "beta_fast", "beta_slow", "attention_factor",
-                  "replace_rope_scaling")
+# ctx-hf's extension arguments ctx-vllm takes; the window is vLLM's max_model_len.
+EXTENSION_ARGS = tuple(name for name in LIFECYCLE_ARGS if name != "max_length")
 
 
 def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dict | None = None,
@@ -28,18 +32,19 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
 
     ``request`` takes ``ctx-hf``'s names (``scaling``, ``factor``, ...). ``hf_overrides``
     the user passed are kept; one that already sets the RoPE fields conflicts with a method.
+    The method is resolved and written into a copy of ``config`` by the same life cycle as
+    ``ctx-hf`` (:func:`lmeval_ctx.lifecycle.extend`); the written fields become the overrides.
     """
     unknown = set(request) - set(EXTENSION_ARGS)
     if unknown:
         raise TypeError(f"Unknown context-extension argument(s): {', '.join(sorted(unknown))}.")
-    ext = resolve_extension(config, max_length=max_model_len, **request)
+    edited = copy.deepcopy(config)
+    ext = extend(edited, {**request, "max_length": max_model_len}).extension
     if ext.family == "alibi" and ext.method != "none":
         raise ValueError(
             f"ctx-vllm applies RoPE methods only; {ext.model_type} uses ALiBi, whose slopes vLLM cannot be told to "
             "change. Run ALiBi methods with --model ctx-hf."
         )
-    if ext.family == "absolute" and ext.method != "none":
-        raise ValueError(f"{ext.model_type} has learned absolute positions: only scaling=none applies.")
     overrides = copy.deepcopy(hf_overrides) if hf_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"hf_overrides must be a dict of config fields; got {type(hf_overrides).__name__}.")
@@ -49,8 +54,6 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         if clash:
             raise ValueError(f"hf_overrides sets {', '.join(sorted(clash))} while scaling={ext.method} sets the "
                              "RoPE parameters: pass one or the other.")
-        edited = copy.deepcopy(config)
-        apply_to_config(edited, ext)
         cfg, original = text_config(edited), text_config(config)
         overrides["rope_parameters"] = cfg.rope_parameters
         if cfg.max_position_embeddings != original.max_position_embeddings:

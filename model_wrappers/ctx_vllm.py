@@ -4,7 +4,8 @@
         --model_args pretrained=meta-llama/Llama-2-7b-hf,scaling=yarn,factor=4,tensor_parallel_size=2 \
         --tasks passkey_8k
 
-Same argument names, validation and recorded settings as ``ctx-hf``; the method
+Same argument names, validation and recorded settings as ``ctx-hf`` (the same
+life cycle, :func:`lmeval_ctx.lifecycle.extend`, on a copy of the config); the method
 reaches vLLM as ``hf_overrides={"rope_parameters": ...}`` and ``max_model_len``
 (:mod:`lmeval_ctx.vllm_args`). vLLM is imported only when a model is created.
 """
@@ -17,6 +18,7 @@ import logging
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from lmeval_ctx.args import parse_bool
 from lmeval_ctx.response_cache import install as install_response_cache_keys
 from lmeval_ctx.response_cache import settings_digest
 from lmeval_ctx.vllm_args import EXTENSION_ARGS, vllm_engine_args
@@ -62,8 +64,9 @@ class CtxVLLM(LM):
         if max_model_len is not None and max_length is not None:
             raise ValueError("Pass max_model_len or max_length, not both (they are the same window).")
         request = {key: kwargs.pop(key) for key in EXTENSION_ARGS if key in kwargs}
+        trust_remote_code = parse_bool(trust_remote_code, "trust_remote_code")
         config = AutoConfig.from_pretrained(pretrained, revision=revision or "main",
-                                            trust_remote_code=bool(trust_remote_code))
+                                            trust_remote_code=trust_remote_code)
         ext, engine = vllm_engine_args(config, max_model_len=max_model_len or max_length,
                                        hf_overrides=hf_overrides, **request)
         record = ext.record({"vllm_engine_args": engine})

@@ -94,13 +94,44 @@ def test_dynamic_ntk_keeps_max_position_embeddings_at_the_original_length():
     assert ext.length_dependent
 
 
-def test_per_layer_type_rope_parameters_are_each_scaled():
+def test_per_layer_type_rope_parameters_scale_the_types_reaching_beyond_the_trained_context():
+    # transformers' Gemma 3 defaults: sliding window 4096, here equal to the trained length
     config = transformers.Gemma3TextConfig(hidden_size=64, num_attention_heads=4, head_dim=16,
                                            max_position_embeddings=4096)
     ext = resolve_extension(config, scaling="pi", factor=2)
     params = scaled_rope_parameters(config, ext)
     assert set(params) == set(config.rope_parameters)
-    assert all(p["rope_type"] == "linear" and p["factor"] == 2.0 for p in params.values())
+    assert params["full_attention"]["rope_type"] == "linear" and params["full_attention"]["factor"] == 2.0
+    assert params["sliding_attention"] == config.rope_parameters["sliding_attention"]
+    assert ext.record()["scaled_layer_types"] == ["full_attention"]
+    assert list(ext.record()["kept_layer_types"]) == ["sliding_attention"]
+
+
+def test_every_module_level_name_is_used():
+    """No dead names in the extension modules: each is used somewhere else in the package or its tests."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    sources = {path: path.read_text() for folder in ("lmeval_ctx", "model_wrappers", "tests")
+               for path in (root / folder).rglob("*.py")}
+    for module in ("lmeval_ctx/extension.py", "lmeval_ctx/lifecycle.py", "lmeval_ctx/rotary.py",
+                   "lmeval_ctx/vllm_args.py", "lmeval_ctx/methods/rope.py"):
+        path = root / module
+        tree = ast.parse(sources[path])
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                names = [alias.asname or alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                uses = sum(text.count(name) for text in sources.values())
+                assert uses > 1, f"{module}: {name} is defined but never used"
 
 
 def test_mpt_max_seq_len_is_raised_to_the_window():

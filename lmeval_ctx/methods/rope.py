@@ -7,7 +7,8 @@ frequencies with its own ``ROPE_INIT_FUNCTIONS``, so PI, dynamic NTK and YaRN
 are exactly transformers' implementations; static NTK-aware scaling, which
 transformers has no type for, is a change of ``rope_theta``.
 
-References (formulas in shared/docs/methods.md):
+``scaling=none`` has no entry: it writes nothing. Formulas and decisions: the
+project's docs/methods.md. References:
 - PI: Chen et al. 2023, "Extending Context Window of Large Language Models via
   Positional Interpolation", arXiv:2306.15595.
 - NTK-aware and dynamic NTK: bloc97 and emozilla (reddit r/LocalLLaMA, 2023).
@@ -56,12 +57,6 @@ def ntk_rope_theta(rope_theta: float, factor: float, rotary_dim: int) -> float:
     return float(rope_theta) * float(factor) ** (rotary_dim / (rotary_dim - 2))
 
 
-def none_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
-                         rotary_dim: int, options: dict) -> dict:
-    """No scaling: plain RoPE, extrapolated past the trained length."""
-    return {**base, "rope_type": "default"}
-
-
 def pi_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
                        rotary_dim: int, options: dict) -> dict:
     """Position Interpolation (Chen et al. 2023): every ``theta_j -> theta_j / s`` (transformers ``linear``)."""
@@ -102,8 +97,8 @@ def yarn_rope_parameters(base: dict, factor: float, original_max_position_embedd
 
 RopeMethod = Callable[[dict, float, int, int, dict], dict]
 
+# The methods that change the frequencies (``none`` leaves the config as it is).
 ROPE_METHODS: dict[str, RopeMethod] = {
-    "none": none_rope_parameters,
     "pi": pi_rope_parameters,
     "ntk": ntk_rope_parameters,
     "dynamic_ntk": dynamic_ntk_rope_parameters,

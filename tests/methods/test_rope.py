@@ -1,4 +1,4 @@
-"""RoPE methods against the formulas of shared/docs/methods.md and transformers' own code."""
+"""RoPE methods against the formulas of docs/methods.md and transformers' own code."""
 
 import math
 
@@ -37,8 +37,14 @@ def scaled(method: str, factor: float, options=None) -> dict:
     return ROPE_METHODS[method]({"rope_theta": THETA}, factor, L, HEAD_DIM, options or {})
 
 
-def test_none_is_default_rope():
-    inv, att = transformers_inv_freq(scaled("none", 4.0))
+def test_none_writes_nothing_and_is_default_rope():
+    from lmeval_ctx.extension import apply_to_config, resolve_extension
+
+    config = llama_config({"rope_type": "default", "rope_theta": THETA})
+    own = dict(config.rope_parameters)
+    apply_to_config(config, resolve_extension(config, scaling="none"))
+    assert config.rope_parameters == own
+    inv, att = transformers_inv_freq(config.rope_parameters)
     torch.testing.assert_close(inv.double(), formula_theta(), rtol=1e-6, atol=0)
     assert att == 1.0
 
@@ -153,3 +159,19 @@ def test_rope_option_validation():
         validate_rope_options("yarn", {"beta_fast": 1, "beta_slow": 2})
     with pytest.raises(ValueError, match="attention_factor=-1 must be > 0"):
         validate_rope_options("yarn", {"attention_factor": -1})
+
+
+def test_every_registered_method_changes_the_frequencies():
+    """The registry holds methods only; scaling=none writes nothing and needs no entry."""
+    base = {"rope_theta": THETA}
+    for method, scale in ROPE_METHODS.items():
+        assert scale(dict(base), 4.0, L, HEAD_DIM, {}) != {**base, "rope_type": "default"}, method
+
+
+def test_the_docstrings_cite_the_repository_and_the_papers():
+    import lmeval_ctx.methods.rope as rope
+
+    assert "shared/" not in rope.__doc__
+    assert "docs/methods.md" in rope.__doc__
+    for citation in ("arXiv:2306.15595", "arXiv:2309.00071"):
+        assert citation in rope.__doc__

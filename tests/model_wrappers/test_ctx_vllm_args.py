@@ -84,3 +84,28 @@ def test_translation_reads_only_the_config(tmp_path):
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     _, engine = vllm_engine_args(config, scaling="yarn", factor=2)
     assert engine["max_model_len"] == 256 and engine["hf_overrides"]["rope_parameters"]["rope_type"] == "yarn"
+
+
+def test_per_layer_type_models_scale_the_same_layer_types_as_ctx_hf():
+    config = CONFIGS["gemma3_layer_types"]()
+    ext, engine = vllm_engine_args(config, scaling="yarn", factor=4)
+    params = engine["hf_overrides"]["rope_parameters"]
+    assert params["sliding_attention"] == config.rope_parameters["sliding_attention"]
+    assert params["full_attention"]["rope_type"] == "yarn"
+    assert ext.record()["scaled_layer_types"] == ["full_attention"]
+    _, engine = vllm_engine_args(config, scaling="yarn", factor=4, scale_layer_types="all")
+    assert engine["hf_overrides"]["rope_parameters"]["sliding_attention"]["rope_type"] == "yarn"
+
+
+def test_absolute_positions_are_refused_by_the_shared_resolution():
+    with pytest.raises(ValueError, match="gpt2 model has learned absolute position embeddings"):
+        vllm_engine_args(CONFIGS["gpt2"](), scaling="pi", factor=2)
+
+
+def test_ctx_vllm_flags_are_parsed_booleans(tiny_model_dir):
+    from lm_eval.api.registry import get_model
+
+    with pytest.raises(ValueError, match="trust_remote_code='maybe' is not a boolean"):
+        get_model("ctx-vllm")(pretrained=str(tiny_model_dir("llama")), trust_remote_code="maybe")
+    with pytest.raises(ValueError, match="replace_rope_scaling='sure' is not a boolean"):
+        vllm_engine_args(CONFIGS["llama"](), scaling="pi", factor=2, replace_rope_scaling="sure")

@@ -17,6 +17,8 @@ SEQUENCES = {
     "phi3": ["yarn", "pi", "none"],
     "bloom": ["ntk", "pi", "dynamic_ntk", "none"],
     "mpt": ["pi", "ntk", "none"],
+    # per-layer-type RoPE: only the full-attention layers are scaled, per-type buffers rebuilt
+    "gemma3_layer_types": ["yarn", "ntk", "dynamic_ntk", "none"],
 }
 
 
@@ -46,12 +48,27 @@ def test_each_reapplied_method_gives_the_logits_of_a_fresh_load(tiny_model_dir, 
     assert lm.model.get_input_embeddings().weight is weights  # no reload
 
 
-def test_a_built_model_takes_a_method(tiny_model_dir):
-    folder = tiny_model_dir("llama")
+@pytest.mark.parametrize("arch, rotary", [("llama", "LlamaRotaryEmbedding"),
+                                          ("gemma3_layer_types", "Gemma3RotaryEmbedding")])
+def test_a_built_model_takes_a_method(tiny_model_dir, arch, rotary):
+    folder = tiny_model_dir(arch)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     lm = CtxHFLM(pretrained=model, scaling="yarn", factor=4, device="cpu", max_length=512)
-    torch.testing.assert_close(logits(lm), logits(fresh(folder, "yarn")), **TOL)
-    assert [type(m).__name__ for _, m in rotary_modules(lm.model)] == ["LlamaRotaryEmbedding"]
+    reference = fresh(folder, "yarn")
+    torch.testing.assert_close(logits(lm), logits(reference), **TOL)
+    assert lm.get_model_info()["context_extension"] == reference.get_model_info()["context_extension"]
+    assert [type(m).__name__ for _, m in rotary_modules(lm.model)] == [rotary]
+
+
+def test_a_built_model_is_resolved_once(tiny_model_dir, monkeypatch):
+    import lmeval_ctx.lifecycle as lifecycle
+
+    calls = []
+    resolve = lifecycle.resolve_extension
+    monkeypatch.setattr(lifecycle, "resolve_extension", lambda *a, **k: calls.append(k) or resolve(*a, **k))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("llama")), dtype=torch.float32)
+    CtxHFLM(pretrained=model, scaling="pi", factor=4, device="cpu")
+    assert [call["scaling"] for call in calls] == ["pi"]
 
 
 def test_a_bad_method_leaves_the_model_as_it_was(tiny_model_dir):
