@@ -5,22 +5,76 @@ then applied to the loaded model (:meth:`CtxHFLM.apply_extension` rebuilds the
 rotary modules or replaces the ALiBi slopes) and lm-eval's ``simple_evaluate``
 runs the tasks. Each method's results are saved in lm-eval's own format under
 ``OUTPUT/<method>[_x<factor>]/``, so lm-eval's tools and ``lmeval-ctx report``
-read them. A failing method (out of memory at a long length, say) is reported,
-its traceback kept in ``error.log``, and the sweep goes on; a point whose
-results are already there is skipped, so re-running the command resumes it.
+read them.
+
+A point is done only when it is saved and is the same point. After lm-eval has
+written a point's results (and samples), the sweep checks that the files are
+there and complete, then writes the point's manifest (``sweep_manifest.json``:
+what determines its results, and the files it wrote), last and atomically. A
+re-run skips a point only when its manifest matches the request and its files
+are intact; a point whose manifest differs stops the sweep before the model
+loads, naming what differs (``overwrite=True`` re-runs it instead); a point left
+without a manifest (interrupted), with an unreadable manifest or with missing
+files is reported and re-run. Old output is moved to ``OUTPUT.replaced/``,
+never mixed with the new. A failing method is reported, its traceback kept in
+``error.log``, and the sweep goes on. docs/sweep.md describes the rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 import traceback
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from lmeval_ctx.methods import canonical_method, validate_factor
 
 # model args the sweep sets per point; in --model_args they would be ambiguous
 PER_POINT_ARGS = ("scaling", "factor")
+# model args that place the model or size its batches without changing what it computes: recorded in the
+# manifest, not compared on resume
+PLACEMENT_ARGS = ("parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "offload_folder",
+                  "batch_size", "max_batch_size", "device")
+# model args naming local files whose content determines the results, besides pretrained
+LOCAL_FILE_ARGS = ("tokenizer", "peft", "delta")
+MANIFEST_NAME = "sweep_manifest.json"
+MANIFEST_FORMAT = 1
+# checkpoint files up to this size are fingerprinted by content (sha256), larger ones by size and mtime
+HASHED_FILE_LIMIT = 32 * 2**20
+# files in a checkpoint folder that cannot change what the model computes
+_NOT_MODEL_FILES = (".md", ".pyc", ".lock")
+_NOT_MODEL_PREFIXES = (".", "LICENSE", "NOTICE", "USE_POLICY")
+
+
+class OutputPathError(Exception):
+    """The output path cannot hold the sweep's files (found before the model loads)."""
+
+
+class ResumeConflict(ValueError):
+    """Points already in the output folder were run with other settings than the request."""
+
+
+class PointNotSaved(Exception):
+    """lm-eval did not write a point's results or samples completely."""
+
+
+def format_factor(factor: float) -> str:
+    """The factor as text that tells apart every two different numbers.
+
+    Whole numbers print without a decimal point (``4``); others in Python's
+    shortest round-trip form (``2.0000001``), never rounded, so two factors
+    share a folder or a label only when they are the same number.
+    """
+    if float(factor).is_integer() and abs(factor) < 2**53:
+        return str(int(factor))
+    return repr(float(factor))
 
 
 @dataclass(frozen=True)
@@ -29,26 +83,43 @@ class SweepPoint:
     factor: float | None
 
     @property
+    def label(self) -> str:
+        """The factor as printed in folder names and tables ("" without one)."""
+        return "" if self.factor is None else format_factor(self.factor)
+
+    @property
     def name(self) -> str:
-        return self.method if self.factor is None else f"{self.method}_x{self.factor:g}"
+        return self.method if self.factor is None else f"{self.method}_x{self.label}"
 
     @property
     def model_args(self) -> dict:
         return {"scaling": self.method, **({"factor": self.factor} if self.factor is not None else {})}
 
 
-def sweep_points(methods, factors=None) -> list[SweepPoint]:
-    """The grid: ``none`` once, every other method at every factor (or its default without factors)."""
+def sweep_points(methods, factors=None, log=None) -> list[SweepPoint]:
+    """The grid: ``none`` once, every other method at every factor (or its default without factors).
+
+    Factors equal as numbers (``2`` and ``2.0``) are one point; ``log``, when given, is told so.
+    """
     methods = [m for m in (methods.split(",") if isinstance(methods, str) else methods) if str(m).strip()]
     if not methods:
         raise ValueError("--methods is empty: name at least one of none, pi, ntk, dynamic_ntk, yarn.")
     if isinstance(factors, str):
-        factors = [f for f in factors.split(",") if f.strip()]
-    factors = [validate_factor(_number(f)) for f in factors] if factors else [None]
+        factors = [f.strip() for f in factors.split(",") if f.strip()]
+    values: list[float | None] = [None]
+    if factors:
+        values = []
+        for text in factors:
+            value = validate_factor(_number(text))
+            if value in values:
+                if log is not None:
+                    log(f"[sweep] factor {text} equals factor {format_factor(value)} as a number: one point")
+                continue
+            values.append(value)
     points: list[SweepPoint] = []
     for method in methods:
         method = canonical_method(method)
-        for factor in ([None] if method == "none" else factors):
+        for factor in ([None] if method == "none" else values):
             point = SweepPoint(method, factor)
             if point not in points:
                 points.append(point)
@@ -62,25 +133,57 @@ def _number(text):
         return text  # validate_factor names it
 
 
-def completed_tasks(folder: Path) -> set[str]:
-    """Task (and group) names with results under ``folder``."""
-    done: set[str] = set()
-    for path in folder.rglob("results_*.json"):
-        try:
-            done |= set(json.loads(path.read_text()).get("results", {}))
-        except (json.JSONDecodeError, OSError):
-            continue
-    return done
+@lru_cache(maxsize=1)
+def _task_manager():
+    """lm-eval's task index (plugin tasks included), built once per process: it takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def point_task_manager(metadata: dict):
+    """The TaskManager ``simple_evaluate`` would build for one point, sharing the process's task index.
+
+    ``simple_evaluate`` builds a TaskManager with the model args and metadata whenever it is
+    given none, and indexing every task YAML costs seconds of CPU per point. The index does
+    not depend on the metadata (tasks are built from fresh copies of their configs), so each
+    point gets a copy of the indexed manager with its own factory. None (let lm-eval build
+    one) if lm-eval's TaskManager no longer has that layout.
+    """
+    import copy
+
+    try:
+        from lm_eval.tasks._factory import TaskFactory
+    except ImportError:
+        return None
+    base = _task_manager()
+    if not hasattr(base, "_factory"):
+        return None
+    manager = copy.copy(base)
+    manager.metadata = metadata
+    manager._factory = TaskFactory(meta=metadata)
+    return manager
 
 
 def check_tasks(tasks: list[str]) -> None:
     """Unknown task names are an error before anything is loaded."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager()
+    manager = _task_manager()
     unknown = [task for task in tasks if not manager.match_tasks([task])]
     if unknown:
         raise ValueError(f"Unknown task(s): {', '.join(unknown)}. See `lm_eval ls tasks` (ours: passkey*, longppl*).")
+
+
+def task_versions(tasks: list[str]) -> dict:
+    """``{task: version}`` for every task, group or tag the names match (lm-eval's ``metadata.version``)."""
+    manager = _task_manager()
+    versions = {}
+    for task in tasks:
+        for name in manager.match_tasks([task]):
+            entry = manager.task_index.get(name)
+            config = (entry.cfg if entry is not None else None) or {}
+            metadata = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}
+            versions[name] = metadata.get("version")
+    return dict(sorted(versions.items()))
 
 
 def parse_seed(seed) -> list[int]:
@@ -95,9 +198,252 @@ def parse_seed(seed) -> list[int]:
     return parts
 
 
+def lm_eval_default_device() -> str:
+    """The device ``lm_eval`` uses without ``--device`` (its EvaluatorConfig's default, ``cuda:0``).
+
+    HFLM falls back to the CPU when that device does not exist, so the sweep runs where
+    ``lm_eval`` runs.
+    """
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    return next(field.default for field in dataclasses.fields(EvaluatorConfig) if field.name == "device")
+
+
+# ---------------------------------------------------------------- what determines a point's results
+
+def file_fingerprint(path: Path) -> dict:
+    """sha256 of a file up to HASHED_FILE_LIMIT bytes; size and mtime (ns) of a larger one."""
+    stat = path.stat()
+    if stat.st_size <= HASHED_FILE_LIMIT:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {"sha256": digest.hexdigest()}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def folder_fingerprint(folder: Path) -> dict:
+    """The fingerprints of a checkpoint folder's top-level files (config, weights, tokenizer, code).
+
+    Left out: hidden files, documentation, licences and lock files, which cannot change
+    what the model computes.
+    """
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(_NOT_MODEL_PREFIXES) or path.name.endswith(_NOT_MODEL_FILES):
+            continue
+        files[path.name] = file_fingerprint(path)
+    return files
+
+
+def model_identity(model_args: dict) -> dict:
+    """What identifies the checkpoint ``model_args`` load, read without loading it.
+
+    A local folder: its resolved path and :func:`folder_fingerprint` (with ``gguf_file``,
+    only that file's fingerprint). A hub name: the name, the revision, and the commit and
+    files of the snapshot in the local Hugging Face cache (None while it is not cached).
+    Local ``tokenizer``/``peft``/``delta`` paths are fingerprinted the same way.
+    """
+    pretrained = str(model_args["pretrained"])
+    gguf_file = model_args.get("gguf_file")
+    identity: dict = {"pretrained": pretrained, "revision": str(model_args.get("revision", "main")),
+                      "gguf_file": gguf_file}
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        folder = path.resolve()
+        identity.update(pretrained=str(folder), source="local", commit=None)
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(pretrained, gguf_file or "config.json", revision=identity["revision"])
+        folder = Path(cached).parent if isinstance(cached, str) else None
+        identity.update(source="hub", commit=folder.name if folder is not None else None)
+    if folder is None:
+        identity["files"] = None
+    elif folder.is_file():
+        identity["files"] = {folder.name: file_fingerprint(folder)}
+    elif gguf_file:
+        gguf = Path(gguf_file) if Path(gguf_file).is_absolute() else folder / gguf_file
+        identity["files"] = {str(gguf_file): file_fingerprint(gguf) if gguf.is_file() else None}
+    else:
+        identity["files"] = folder_fingerprint(folder)
+    for key in LOCAL_FILE_ARGS:
+        value = model_args.get(key)
+        local = Path(str(value)).expanduser() if isinstance(value, str) else None
+        if local is not None and local.exists():
+            local = local.resolve()
+            identity[key] = {"path": str(local), "files": folder_fingerprint(local) if local.is_dir()
+                             else {local.name: file_fingerprint(local)}}
+    return identity
+
+
+def package_versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(dist) for name, dist in
+            (("lm_eval", "lm-eval"), ("lmeval_ctx", "lmeval-ctx"), ("transformers", "transformers"),
+             ("torch", "torch"))}
+
+
+def _plain(value):
+    """``value`` as JSON would give it back, so a request compares equal to its saved manifest."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def sweep_request(model_args: dict, tasks: list[str], *, limit, seeds, metadata) -> dict:
+    """The part of every point's manifest that is compared on resume (the method is added per point)."""
+    compared_args = {key: value for key, value in model_args.items()
+                     if key not in PLACEMENT_ARGS and key != "pretrained"}
+    return _plain({
+        "model": model_identity(model_args),
+        "model_args": compared_args,
+        "tasks": task_versions(tasks),
+        "metadata": metadata or {},
+        "limit": limit,
+        "seed": seeds,
+        "versions": package_versions(),
+    })
+
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict) and value:
+        items = {}
+        for key, inner in value.items():
+            items.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return items
+    return {prefix: value}
+
+
+def request_differences(saved: dict, requested: dict) -> list[str]:
+    """``"key: <saved> there, <requested> now"`` for every field that differs."""
+    saved, requested = _flatten(saved), _flatten(requested)
+    missing = object()
+    lines = []
+    for key in sorted(set(saved) | set(requested)):
+        before, now = saved.get(key, missing), requested.get(key, missing)
+        if before != now:
+            shown = ["(not set)" if side is missing else json.dumps(side) for side in (before, now)]
+            lines.append(f"{key}: {shown[0]} there, {shown[1]} now")
+    return lines
+
+
+# ---------------------------------------------------------------- the state of a point's folder
+
+@dataclass
+class PointState:
+    kind: str  # "new", "done", "differs" or "incomplete"
+    detail: str | list[str] | None = None
+
+
+def inspect_point(folder: Path, request: dict, log_samples: bool) -> PointState:
+    """Whether ``folder`` holds this very point, saved completely."""
+    if not folder.is_dir() or all(path.name == "error.log" for path in folder.iterdir()):
+        return PointState("new")
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return PointState("incomplete", f"it has output but no {MANIFEST_NAME} (the run was interrupted before "
+                                        "it was saved, or it was written by an lmeval-ctx without manifests)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+        saved_request, outputs = manifest["request"], manifest["outputs"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+        return PointState("incomplete", f"its manifest {manifest_path} is unreadable ({type(error).__name__}: {error})")
+    problem = _outputs_problem(folder, outputs, log_samples)
+    if problem:
+        return PointState("incomplete", problem)
+    differences = request_differences(saved_request, request)
+    return PointState("differs", differences) if differences else PointState("done")
+
+
+def _outputs_problem(folder: Path, outputs: dict, log_samples: bool) -> str | None:
+    """What is wrong with the files a manifest lists, or None when they are all there, unchanged."""
+    try:
+        listed = [outputs["results"]] + list((outputs.get("samples") or {}).values())
+        for entry in listed:
+            path = folder / entry["path"]
+            if not path.is_file():
+                return f"{path} is missing"
+            size = path.stat().st_size
+            if size != entry["size"]:
+                return f"{path} has {size} bytes, its manifest says {entry['size']} (truncated or changed)"
+        results_path = folder / outputs["results"]["path"]
+        json.loads(results_path.read_text(encoding="utf-8"))
+    except (KeyError, TypeError, AttributeError) as error:
+        return f"its manifest does not list its files ({type(error).__name__}: {error})"
+    except (OSError, ValueError) as error:
+        return f"its results file is unreadable ({type(error).__name__}: {error})"
+    if log_samples and not outputs.get("samples"):
+        return "it was run without --log_samples and this sweep asks for samples"
+    unlisted = sorted(str(path) for path in folder.rglob("results_*.json") if path != results_path)
+    if unlisted:
+        return f"it holds results its manifest does not list: {', '.join(unlisted)}"
+    return None
+
+
+def check_output_path(output_path: Path, points: list[SweepPoint]) -> None:
+    """The output folder (and every point's folder in it) can hold files: else OutputPathError, before any load."""
+    if output_path.exists() and not output_path.is_dir():
+        raise OutputPathError(f"--output_path {output_path} is a file, not a folder. Name a folder.")
+    try:
+        output_path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputPathError(f"--output_path {output_path} cannot be created: {error}. Name a folder you can "
+                              "write to.") from None
+    for folder in [output_path] + [output_path / point.name for point in points]:
+        if folder.exists() and not folder.is_dir():
+            raise OutputPathError(f"{folder} is a file, where the sweep writes the folder of point {folder.name}. "
+                                  "Move it away or use another --output_path.")
+        if folder.is_dir():
+            problem = _write_problem(folder)
+            if problem:
+                raise OutputPathError(f"cannot write in {folder}: {problem}. Use a folder you can write to.")
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (tried for real), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".lmeval-ctx-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def replaced_folder(output_path: Path, point: SweepPoint) -> Path:
+    """Where a point's old output goes: ``OUTPUT.replaced/<point>-<UTC time>/``, outside OUTPUT.
+
+    Outside, so ``lmeval-ctx report OUTPUT`` never reads old and new output together.
+    """
+    resolved = output_path.resolve()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return resolved.parent / f"{resolved.name}.replaced" / f"{point.name}-{stamp}"
+
+
+def _move_aside(folder: Path, output_path: Path, point: SweepPoint) -> Path:
+    target = replaced_folder(output_path, point)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), str(target))
+    except OSError as error:
+        raise OutputPathError(f"cannot move the old output of {folder} to {target}: {error}") from None
+    return target
+
+
+# ---------------------------------------------------------------- running
+
 def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], output_path, *, batch_size=1,
-              device=None, limit=None, log_samples=False, seed=None, metadata=None, log=print) -> list[dict]:
-    """Run every point of the grid; return ``{point, status, folder, error}`` per point."""
+              device=None, limit=None, log_samples=False, seed=None, metadata=None, overwrite=False,
+              log=print) -> list[dict]:
+    """Run every point of the grid; return ``{point, status, folder, error}`` per point.
+
+    ``device=None`` is lm_eval's default device. ``overwrite`` re-runs points whose manifest
+    differs from the request (their old output moved aside) instead of raising ResumeConflict.
+    """
     clashes = [key for key in PER_POINT_ARGS if key in model_args]
     if clashes:
         raise ValueError(f"--model_args sets {', '.join(clashes)}: the sweep sets these per point; "
@@ -107,32 +453,59 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
     seeds = parse_seed(seed)
     check_tasks(tasks)
     output_path = Path(output_path)
-    outcomes, pending = [], []
+    check_output_path(output_path, points)
+    shared = sweep_request(model_args, tasks, limit=limit, seeds=seeds, metadata=metadata)
+
+    outcomes, pending, conflicts, moves = {}, [], [], []
     for point in points:
         folder = output_path / point.name
-        if set(tasks) <= completed_tasks(folder):
-            log(f"[sweep] {point.name}: already done in {folder}, skipped")
-            outcomes.append({"point": point, "status": "skipped (done)", "folder": folder, "error": None})
-        else:
-            pending.append(point)
+        request = {**shared, "method": _plain(point.model_args)}
+        state = inspect_point(folder, request, log_samples)
+        if state.kind == "done":
+            log(f"[sweep] {point.name}: already done in {folder} (its manifest matches), skipped")
+            outcomes[point] = {"point": point, "status": "skipped (done)", "folder": folder, "error": None}
+            continue
+        if state.kind == "differs":
+            if not overwrite:
+                conflicts.append(f"{folder}:\n    " + "\n    ".join(state.detail))
+                continue
+            moves.append((point, folder, "was run with other settings (--overwrite): " + "; ".join(state.detail)))
+        elif state.kind == "incomplete":
+            moves.append((point, folder, state.detail))
+        pending.append(point)
+    if conflicts:
+        raise ResumeConflict(
+            "points in the output folder were run with other settings than this sweep asks for:\n  "
+            + "\n  ".join(conflicts)
+            + "\nRun with the same settings to resume, use another --output_path, or add --overwrite to re-run "
+              "these points (their old output is moved to "
+            + f"{output_path.resolve().parent / (output_path.resolve().name + '.replaced')}/).")
+    for point, folder, reason in moves:
+        target = _move_aside(folder, output_path, point)
+        log(f"[sweep] {point.name}: {reason}; old output moved to {target}; re-running")
     if not pending:
-        return outcomes
+        return [outcomes[point] for point in points]
 
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
     from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 
+    device = device or lm_eval_default_device()
     lm = CtxHFLM(**model_args, batch_size=batch_size, device=device)
+    not_compared = {"batch_size": batch_size, "device": str(lm.device),
+                    **{key: model_args[key] for key in PLACEMENT_ARGS if key in model_args}}
     for point in pending:
         folder = output_path / point.name
         log(f"[sweep] {point.name}: running {', '.join(tasks)}")
         try:
             lm.apply_extension(point.method, **({"factor": point.factor} if point.factor is not None else {}))
             tracker = EvaluationTracker(output_path=str(folder))
+            point_args = {**model_args, **point.model_args}
             results = lm_eval.simple_evaluate(
-                model=lm, model_args={**model_args, **point.model_args}, tasks=tasks, limit=limit,
+                model=lm, model_args=point_args, tasks=tasks, limit=limit,
                 log_samples=log_samples, evaluation_tracker=tracker, metadata=metadata,
+                task_manager=point_task_manager(point_args | (metadata or {})),
                 random_seed=seeds[0], numpy_random_seed=seeds[1], torch_random_seed=seeds[2],
                 fewshot_random_seed=seeds[3],
             )
@@ -142,18 +515,87 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
             if log_samples:
                 for task_name in results["configs"]:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+            outputs = saved_outputs(folder, results, samples if log_samples else None)
+            # identity again: a hub model is in the local cache only now that it has loaded
+            request = {**shared, "model": _plain(model_identity(model_args)), "method": _plain(point.model_args)}
+            write_manifest(folder, {
+                "format": MANIFEST_FORMAT, "point": point.name, "request": request, "log_samples": log_samples,
+                "outputs": outputs, "context_extension": results["config"].get("context_extension"),
+                "not_compared": _plain(not_compared),
+                "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            })
             (folder / "error.log").unlink(missing_ok=True)
-            outcomes.append({"point": point, "status": "done", "folder": folder, "error": None,
-                             "results": results["results"]})
+            outcomes[point] = {"point": point, "status": "done", "folder": folder, "error": None,
+                               "results": results["results"]}
         except Exception as error:  # noqa: BLE001 - one failing method must not stop the others
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "error.log").write_text(traceback.format_exc())
             message = f"{type(error).__name__}: {error}"
-            log(f"[sweep] {point.name}: FAILED ({message}); traceback in {folder / 'error.log'}")
-            outcomes.append({"point": point, "status": "failed", "folder": folder, "error": message})
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "error.log").write_text(traceback.format_exc())
+                where = f"traceback in {folder / 'error.log'}"
+            except OSError as log_error:
+                where = f"its traceback could not be written to {folder} either ({log_error})"
+            log(f"[sweep] {point.name}: FAILED ({message}); {where}")
+            outcomes[point] = {"point": point, "status": "failed", "folder": folder, "error": message}
         finally:
             _release_memory()
-    return outcomes
+    return [outcomes[point] for point in points]
+
+
+def saved_outputs(folder: Path, results: dict, samples: dict | None) -> dict:
+    """The results (and samples) files lm-eval wrote under ``folder``, checked complete; else PointNotSaved.
+
+    lm-eval's EvaluationTracker logs a failed write as a warning and carries on, so the
+    files are looked for: one results file that reads back, and per task a samples file
+    with one line per sample.
+    """
+    found = sorted(folder.rglob("results_*.json"))
+    if len(found) != 1:
+        problem = _write_problem(folder) or "no error on a test write"
+        raise PointNotSaved(f"lm-eval did not write the results file under {folder} ({problem}); "
+                            f"found {len(found)} results files")
+    results_path = found[0]
+    try:
+        json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PointNotSaved(f"the results file {results_path} does not read back: {error}") from None
+    outputs = {"results": _file_entry(folder, results_path), "samples": {}}
+    if samples is None:
+        return outputs
+    date_id = results_path.stem[len("results_"):]
+    for task_name in results["configs"]:
+        path = results_path.parent / f"samples_{task_name}_{date_id}.jsonl"
+        expected = len(samples[task_name])
+        try:
+            with open(path, "rb") as handle:
+                lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+        except OSError as error:
+            raise PointNotSaved(f"lm-eval did not write the samples of {task_name} ({path}): {error}") from None
+        if lines != expected:
+            raise PointNotSaved(f"the samples file {path} has {lines} samples, the run produced {expected}")
+        outputs["samples"][task_name] = {**_file_entry(folder, path), "lines": lines}
+    return outputs
+
+
+def _file_entry(folder: Path, path: Path) -> dict:
+    return {"path": str(path.relative_to(folder)), "size": path.stat().st_size}
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write ``folder/sweep_manifest.json`` atomically (a temporary file, flushed, then renamed over)."""
+    path = folder / MANIFEST_NAME
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    handle, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _release_memory() -> None:
@@ -171,6 +613,5 @@ def summary_table(outcomes: list[dict]) -> str:
     for outcome in outcomes:
         point = outcome["point"]
         status = outcome["status"] + (f": {outcome['error']}" if outcome["error"] else "")
-        factor = "" if point.factor is None else f"{point.factor:g}"
-        lines.append(f"| {point.method} | {factor} | {status} | {outcome['folder']} |")
+        lines.append(f"| {point.method} | {point.label} | {status} | {outcome['folder']} |")
     return "\n".join(lines)

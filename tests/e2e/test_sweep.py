@@ -1,16 +1,24 @@
 """lmeval-ctx sweep: one load for every method, lm-eval's output format, the same metrics as
-separate lm_eval runs, resumption, and failures that do not stop the sweep."""
+separate lm_eval runs, resumption, failures that do not stop the sweep, point folders that tell every
+factor apart, and the README's example run as written. Resumption rules: test_sweep_resume.py."""
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import torch
+import transformers
 
+from lmeval_ctx import cli
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
-from lmeval_ctx.sweep import run_sweep, sweep_points
+from lmeval_ctx.sweep import MANIFEST_NAME, run_sweep, summary_table, sweep_points
+from tiny_models import _COMMON, char_tokenizer
 
 TASKS = ["passkey_1k", "longppl"]
 METADATA = {"lengths": [256, 512], "num_docs": 1}
@@ -99,3 +107,106 @@ def test_bad_input_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="the sweep sets these per point"):
         run_sweep({"pretrained": str(folder), "scaling": "yarn"}, sweep_points("pi", "2"), ["passkey_1k"], tmp_path)
     assert counter.loads == 0
+
+
+def test_point_folders_and_labels_tell_every_factor_apart():
+    points = sweep_points("pi", "2,2.0000001,4,1.5")
+    assert [point.name for point in points] == ["pi_x2", "pi_x2.0000001", "pi_x4", "pi_x1.5"]
+    table = summary_table([{"point": p, "status": "done", "folder": p.name, "error": None} for p in points])
+    assert "| pi | 2 |" in table and "| pi | 2.0000001 |" in table
+    # factors equal as numbers are one point, and the sweep says so
+    messages = []
+    assert [p.name for p in sweep_points("none,yarn", "2,2.0,2e0", log=messages.append)] == ["none", "yarn_x2"]
+    assert messages == ["[sweep] factor 2.0 equals factor 2 as a number: one point",
+                        "[sweep] factor 2e0 equals factor 2 as a number: one point"]
+
+
+# --- the README's sweep example, run with its own flags ------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# the README's model is meta-llama/Llama-2-7b-hf; the tiny stand-in has its trained window
+README_MODEL_TRAINED_LENGTH = 4096
+PG19 = "emozilla/pg19-test"
+
+
+def readme_sweep_example() -> tuple[list[str], list[str]]:
+    """The ``lmeval-ctx sweep`` and ``lmeval-ctx report`` commands of the README's sweep section."""
+    section = README.read_text().split("## Comparing methods", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    sweep = next(command for command in commands if command[:2] == ["lmeval-ctx", "sweep"])
+    report = next(command for command in commands if command[:2] == ["lmeval-ctx", "report"])
+    return sweep, report
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def set_flag(argv: list[str], name: str, value: str) -> list[str]:
+    if name in argv:
+        return [value if i and argv[i - 1] == name else arg for i, arg in enumerate(argv)]
+    return argv + [name, value]
+
+
+@pytest.fixture
+def pg19_offline(monkeypatch, tmp_path):
+    """The fixed longppl tasks read PG19 from the hub, which tests cannot reach: serve the first book of the
+    shipped corpus in its place (one book is all --limit 1 scores)."""
+    import datasets
+
+    from lmeval_ctx.longppl import SHIPPED_CORPUS
+
+    book = tmp_path / "pg19_stand_in.jsonl"
+    book.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    load_builder = datasets.load_dataset_builder
+
+    def local_pg19(path, *args, **kwargs):
+        if path == PG19:
+            return load_builder("json", data_files={"test": str(book)}, cache_dir=str(tmp_path / "hf"))
+        return load_builder(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset_builder", local_pg19)
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_example_runs_as_written(tmp_path, monkeypatch, pg19_offline):
+    """The README's flags, with only the model (a tiny Llama with Llama 2's trained window), the output
+    folder and --limit 1 substituted; no --device, as in the README."""
+    sweep, report = readme_sweep_example()
+    (entry,) = entry_points(group="console_scripts", name="lmeval-ctx")
+    assert entry.value == "lmeval_ctx.cli:main"
+
+    model = tmp_path / "tiny_llama"
+    # smaller than tests/tiny_models.py's: its prompts are 8192 tokens long
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1,
+                                      max_position_embeddings=README_MODEL_TRAINED_LENGTH, **_COMMON)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(model)
+    char_tokenizer().save_pretrained(model)
+
+    readme_output = flag(sweep, "--output_path")
+    model_args = [arg if not arg.startswith("pretrained=") else f"pretrained={model}"
+                  for arg in flag(sweep, "--model_args").split(",")]
+    output = tmp_path / "runs"
+    argv = set_flag(set_flag(set_flag(sweep[1:], "--model_args", ",".join(model_args)), "--output_path",
+                             str(output)), "--limit", "1")
+    counter = LoadCounter(monkeypatch)
+    assert cli.main(argv) == 0
+    assert counter.loads == 1
+    tasks = flag(sweep, "--tasks").split(",")
+    points = sweep_points(flag(sweep, "--methods"), flag(sweep, "--factor") if "--factor" in sweep else None)
+    for point in points:
+        manifest = json.loads((output / point.name / MANIFEST_NAME).read_text())
+        assert set(results_of(output / point.name)["results"]) >= set(tasks)
+        assert manifest["not_compared"]["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+        if "--log_samples" in sweep:
+            assert set(manifest["outputs"]["samples"]) == set(tasks)
+    # the report line, on the same folder
+    report_argv = [str(output) if arg == readme_output else arg for arg in report[1:]]
+    assert cli.main(report_argv) == 0
+    assert (output / "report" / "leaderboard.md").is_file()
+    # the same command again resumes: nothing to run, nothing loaded
+    counter.loads = 0
+    assert cli.main(argv) == 0 and counter.loads == 0
