@@ -6,6 +6,11 @@ purpose, so the report reads results without importing lm-eval.
 
 from __future__ import annotations
 
+# The longest length a task accepts: 4M tokens (2**22), four times the longest context of
+# today's released models. A length beyond it is a typo (1e9 would build gigabytes of
+# prompt text before anything else failed), so it is refused before any work.
+MAX_TASK_LENGTH = 2**22
+
 
 def per_length_metric(metric: str, length: int) -> str:
     """The name of ``metric`` measured at ``length`` tokens, e.g. ``acc@4096``."""
@@ -29,6 +34,9 @@ def validate_lengths(lengths) -> list[int]:
                 value = int(value)
             else:
                 raise ValueError(f"lengths must be positive whole numbers of tokens; got {value!r}.")
+        if value > MAX_TASK_LENGTH:
+            raise ValueError(f"length {value} is beyond the largest length a task accepts ({MAX_TASK_LENGTH} tokens); "
+                             "check the lengths for a typo.")
         out.append(value)
     if not out:
         raise ValueError('lengths is empty: pass e.g. --metadata \'{"lengths": [4096, 8192]}\'.')

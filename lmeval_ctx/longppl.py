@@ -18,6 +18,7 @@ Perplexity is ``exp(total NLL / total scored tokens)``: weighted by tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,19 @@ def load_corpus(dataset_path: str | None = None, dataset_name: str | None = None
     ``.jsonl``/``.json`` (one document per record), ``.csv`` or ``.parquet`` file, or a
     list of them. With neither ``data_files`` nor ``dataset_path``, the shipped corpus.
     """
+    return read_corpus(dataset_path, dataset_name, data_files, text_field, split, revision, num_docs)[0]
+
+
+def read_corpus(dataset_path: str | None = None, dataset_name: str | None = None, data_files=None,
+                text_field: str = "text", split: str = "test", revision: str | None = None,
+                num_docs: int | None = None) -> tuple[list[Document], dict]:
+    """:func:`load_corpus`'s documents and the identity of what was read.
+
+    The identity is ``{"kind": ..., "value": ...}``: ``sha256`` of a local file's bytes
+    (of the files' digests joined by newlines, for several files), ``hub_revision`` (the
+    commit ``datasets`` resolved) for a hub dataset, ``fingerprint`` (``datasets``'
+    fingerprint of the rows) for a dataset folder on disk.
+    """
     if num_docs is not None and (isinstance(num_docs, bool) or not isinstance(num_docs, int) or num_docs < 1):
         raise ValueError(f"num_docs must be a positive whole number; got {num_docs!r}.")
     if data_files is None and not dataset_path:
@@ -74,29 +88,42 @@ def load_corpus(dataset_path: str | None = None, dataset_name: str | None = None
     if data_files is not None and not dataset_path:
         files = [data_files] if isinstance(data_files, str) else list(data_files)
         if not files:
-            raise ValueError("data_files is an empty list: name at least one file.")
+            raise ValueError("corpus_files is an empty list: name at least one file.")
         documents = [doc for name in files for doc in _read_local(Path(name), text_field)]
+        digests = [hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in files]
+        value = digests[0] if len(digests) == 1 else hashlib.sha256("\n".join(digests).encode()).hexdigest()
+        identity = {"kind": "sha256", "value": value, "source": ", ".join(str(name) for name in files)}
         source = ", ".join(files)
     else:
-        documents = _read_dataset(dataset_path, dataset_name, data_files, text_field, split, revision)
+        documents, identity = _read_dataset(dataset_path, dataset_name, data_files, text_field, split, revision)
         source = f"{dataset_path} (split {split!r})"
     if not documents:
         raise ValueError(f"The corpus {source} has no documents.")
-    return documents[:num_docs] if num_docs else documents
+    return (documents[:num_docs] if num_docs else documents), identity
 
 
 def _read_local(path: Path, text_field: str) -> list[Document]:
     if not path.is_file():
-        raise ValueError(f"data_files: {str(path)!r} is not a readable file.")
+        raise ValueError(f"corpus_files: {str(path)!r} is not a readable file.")
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"data_files: {path.name!r} is not a .txt, .jsonl, .json, .csv or .parquet file.")
+        raise ValueError(f"corpus_files: {path.name!r} is not a .txt, .jsonl, .json, .csv or .parquet file.")
+    places = None  # where each record is, for error messages
     try:
         if kind == "text":
             text = path.read_text(encoding="utf-8")
             records = [{text_field: text, "title": path.stem}]
         elif kind == "json" and path.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records, places = [], []
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"corpus_files: {str(path)!r}, line {number}: not a JSON record ({error}).") from error
+                places.append(f"line {number}")
         elif kind == "json":
             loaded = json.loads(path.read_text(encoding="utf-8"))
             records = loaded if isinstance(loaded, list) else [loaded]
@@ -104,38 +131,50 @@ def _read_local(path: Path, text_field: str) -> list[Document]:
             import datasets
 
             records = list(datasets.load_dataset(kind, data_files=str(path), split="train"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, OSError) as error:
-        raise ValueError(f"data_files: could not read {str(path)!r}: {error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as error:
+        raise ValueError(f"corpus_files: could not read {str(path)!r}: {error}") from error
+    except ValueError as error:
+        if str(error).startswith("corpus_files:"):
+            raise
+        raise ValueError(f"corpus_files: could not read {str(path)!r}: {error}") from error
     if not records:
-        raise ValueError(f"data_files: {str(path)!r} is empty.")
-    return _documents(records, text_field, str(path))
+        raise ValueError(f"corpus_files: {str(path)!r} is empty.")
+    return _documents(records, text_field, str(path), places)
 
 
-def _read_dataset(dataset_path, dataset_name, data_files, text_field, split, revision) -> list[Document]:
+def _read_dataset(dataset_path, dataset_name, data_files, text_field, split, revision) -> tuple[list[Document], dict]:
     import datasets
 
-    kwargs = {"split": split}
+    kwargs = {}
     if revision:
         kwargs["revision"] = revision
     if data_files is not None:
         kwargs["data_files"] = data_files
     try:
-        rows = datasets.load_dataset(dataset_path, dataset_name or None, **kwargs)
+        builder = datasets.load_dataset_builder(dataset_path, dataset_name or None, **kwargs)
+        builder.download_and_prepare()
+        rows = builder.as_dataset(split=split)
     except Exception as error:  # datasets raises many types (hub, split, builder errors)
         raise ValueError(f"Could not load the corpus {dataset_path!r}: {error}") from error
-    return _documents(list(rows), text_field, dataset_path)
+    if Path(dataset_path).exists():
+        identity = {"kind": "fingerprint", "value": rows._fingerprint}
+    else:  # a hub dataset: the builder's hash is the commit datasets resolved
+        identity = {"kind": "hub_revision", "value": builder.hash, "fingerprint": rows._fingerprint}
+    identity["source"] = f"{dataset_path}" + (f" ({dataset_name})" if dataset_name else "") + f", split {split}"
+    return _documents(list(rows), text_field, dataset_path), identity
 
 
-def _documents(records: list, text_field: str, source: str) -> list[Document]:
+def _documents(records: list, text_field: str, source: str, places: list[str] | None = None) -> list[Document]:
     documents = []
     for i, record in enumerate(records):
+        where = f"{source}, {places[i]}" if places else f"{source}: record {i}"
         if not isinstance(record, dict) or text_field not in record:
             fields = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(f"{source}: record {i} has no text field {text_field!r} (it has {fields}); "
+            raise ValueError(f"{where} has no text field {text_field!r} (it has {fields}); "
                              "name the right one with text_field.")
         text = record[text_field]
         if not isinstance(text, str):
-            raise ValueError(f"{source}: record {i}'s {text_field!r} is a {type(text).__name__}, not text.")
+            raise ValueError(f"{where}: {text_field!r} is a {type(text).__name__}, not text.")
         title = record.get("title") or record.get("short_book_title") or f"document {i}"
         documents.append(Document(str(title), text))
     return documents
@@ -279,7 +318,8 @@ def build_windows(tokenizer, documents: list[Document], lengths, stride: int | N
     """Every window of every document at every length, and how many documents each length left out.
 
     Returns ``(windows, left_out)`` with ``left_out[length]`` the number of documents
-    shorter than the length (or, with ``stride``, than the span).
+    shorter than the length (or, with ``stride``, than the span), empty or
+    whitespace-only documents included.
     """
     lengths = validate_lengths(lengths)
     if stride is not None:
@@ -297,6 +337,10 @@ def build_windows(tokenizer, documents: list[Document], lengths, stride: int | N
         raise ValueError("span only applies to the sliding-window variant: set stride too.")
     windows, left_out, longest = [], {length: 0 for length in lengths}, 0
     for index, document in enumerate(documents):
+        if not document.text.strip():  # nothing to score: left out like a document too short
+            for length in lengths:
+                left_out[length] += 1
+            continue
         doc = TokenizedDocument(tokenizer, document.text, add_special_tokens)
         longest = max(longest, len(doc) + len(doc.prefix))
         minimum = len(doc.prefix) + 2

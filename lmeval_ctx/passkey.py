@@ -9,8 +9,10 @@ generates.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from lmeval_ctx.lengths import validate_lengths
@@ -31,7 +33,25 @@ QUESTION = "What is the pass key? The pass key is"
 
 DEFAULT_NUM_SAMPLES = 50
 DEFAULT_DEPTHS = tuple(i / 9 for i in range(10))  # 0, 1/9, ..., 1: five samples per depth by default
-DEFAULT_GEN_TOKENS = 8
+
+
+@functools.cache
+def template_generation_budget() -> int:
+    """The generation budget's one source: ``generation_kwargs.max_gen_toks`` of the passkey tasks' template.
+
+    The tasks pass the budget of the run (``--gen_kwargs`` included) as ``gen_tokens``;
+    callers outside lm-eval get the template's.
+    """
+    import yaml
+
+    from lmeval_ctx.paths import tasks_path
+
+    class TemplateLoader(yaml.SafeLoader):
+        """Reads the template's plain values; lm-eval's ``!function`` tags are not needed here."""
+
+    TemplateLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    template = yaml.load((tasks_path() / "passkey" / "_passkey_template").read_text(), Loader=TemplateLoader)
+    return int(template["generation_kwargs"]["max_gen_toks"])
 
 
 @dataclass(frozen=True)
@@ -69,8 +89,15 @@ def fill_tolerance(length: int) -> int:
     return max(int(0.02 * length), 64)
 
 
-def build_sample(tokenizer, length: int, depth: float, key: str, gen_tokens: int = DEFAULT_GEN_TOKENS) -> PasskeySample:
-    """The longest prompt whose tokens plus ``gen_tokens`` fit in ``length``."""
+def build_sample(tokenizer, length: int, depth: float, key: str, gen_tokens: int | None = None) -> PasskeySample:
+    """The longest prompt whose tokens plus ``gen_tokens`` (the generation budget) fit in ``length``.
+
+    ``gen_tokens`` defaults to the tasks' :func:`template_generation_budget`.
+    """
+    if gen_tokens is None:
+        gen_tokens = template_generation_budget()
+    if isinstance(gen_tokens, bool) or not isinstance(gen_tokens, int) or gen_tokens < 1:
+        raise ValueError(f"max_gen_toks={gen_tokens!r}: the passkey generation budget must be a positive whole number.")
     budget = length - gen_tokens
     empty = count_tokens(tokenizer, render_prompt(0, depth, key))
     if empty > budget:
@@ -124,25 +151,56 @@ def validate_depths(depths) -> list[float]:
     return out
 
 
-def generate_samples(tokenizer, lengths, num_samples: int = DEFAULT_NUM_SAMPLES, depths=DEFAULT_DEPTHS,
-                     seed: int = 1234, gen_tokens: int = DEFAULT_GEN_TOKENS) -> list[PasskeySample]:
+@dataclass(frozen=True)
+class SampleSpec:
+    """What one sample will be, before its prompt is built."""
+
+    length: int
+    depth: float
+    key: str
+
+
+class SamplePlan(Sequence):
     """``num_samples`` samples per length, depths cycling through ``depths``; deterministic in ``seed``.
 
     Samples alternate between lengths (and keys come from one generator per
     length), so ``--limit`` keeps every length represented and adding a length
-    does not change the prompts of the others.
+    does not change the prompts of the others. Keys are drawn when a sample is
+    first asked for, so a plan of a million samples costs nothing until used.
     """
-    lengths = validate_lengths(lengths)
-    depths = validate_depths(depths)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}.")
-    rngs = {length: random.Random(f"{seed}-{length}") for length in lengths}
-    samples = []
-    for i in range(num_samples):
-        for length in lengths:
-            key = str(rngs[length].randint(10000, 99999))
-            samples.append(build_sample(tokenizer, length, depths[i % len(depths)], key, gen_tokens))
-    return samples
+
+    def __init__(self, lengths, num_samples: int = DEFAULT_NUM_SAMPLES, depths=DEFAULT_DEPTHS, seed: int = 1234):
+        self.lengths = validate_lengths(lengths)
+        self.depths = validate_depths(depths)
+        if isinstance(num_samples, str) and num_samples.strip().isdigit():
+            num_samples = int(num_samples)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, str)):
+            raise ValueError(f"seed must be a whole number; got {seed!r}.")
+        self.num_samples = num_samples
+        self._rngs = {length: random.Random(f"{seed}-{length}") for length in self.lengths}
+        self._keys: dict[int, list[str]] = {length: [] for length in self.lengths}
+
+    def __len__(self) -> int:
+        return self.num_samples * len(self.lengths)
+
+    def __getitem__(self, index: int) -> SampleSpec:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        i, which = divmod(index, len(self.lengths))
+        length = self.lengths[which]
+        keys = self._keys[length]
+        while len(keys) <= i:
+            keys.append(str(self._rngs[length].randint(10000, 99999)))
+        return SampleSpec(length, self.depths[i % len(self.depths)], keys[i])
+
+
+def generate_samples(tokenizer, lengths, num_samples: int = DEFAULT_NUM_SAMPLES, depths=DEFAULT_DEPTHS,
+                     seed: int = 1234, gen_tokens: int | None = None) -> list[PasskeySample]:
+    """Every sample of :class:`SamplePlan`, built with ``tokenizer`` for a ``gen_tokens`` budget."""
+    return [build_sample(tokenizer, spec.length, spec.depth, spec.key, gen_tokens)
+            for spec in SamplePlan(lengths, num_samples, depths, seed)]
 
 
 _INTEGER = re.compile(r"\d+")
