@@ -1,16 +1,20 @@
-"""Install ALiBi slope methods on a built BLOOM, MPT or Falcon model.
+"""Install ALiBi slope methods, and the memory-efficient ALiBi attention, on a built BLOOM, MPT or Falcon model.
 
-transformers computes ALiBi slopes in module-level functions, so a per-model
-change needs two parts:
+What each architecture needs is its entry in :data:`lmeval_ctx.architectures.ALIBI_ARCHITECTURES`.
+transformers computes ALiBi slopes and causal masks in module-level functions, so a
+per-model change has three parts:
 
-1. one dispatcher per architecture, replacing the function that computes the
-   slopes (BLOOM ``_get_alibi_slopes``, used by both its masked path and its
-   no-mask fast path; MPT ``build_mpt_alibi_tensor``; Falcon ``build_alibi_tensor``).
-   Outside a scaled model's forward pass the dispatcher calls the original
-   function unchanged, so every other model in the process is untouched;
-2. a wrapper around the scaled model's own ``forward`` that, for the duration of
-   the call, publishes its slope method and the current key length through a
-   context variable.
+1. one dispatcher per architecture replacing the function that computes the slopes
+   (BLOOM ``_get_alibi_slopes``, used by both its masked path and its no-mask fast path;
+   MPT ``build_mpt_alibi_tensor``; Falcon ``build_alibi_tensor``), and one replacing the
+   module's ``create_causal_mask``. Outside a scaled model's forward pass they call the
+   original functions unchanged, so every other model in the process is untouched;
+2. a wrapper around the scaled model's own ``forward`` that, for the duration of the
+   call, publishes its slope method, the current key length and its attention choice
+   through a context variable;
+3. unless ``attention="transformers"``, the forward of each of the model's own attention
+   modules replaced by :mod:`lmeval_ctx.alibi_attention`'s (set on the module instances),
+   and its causal mask asked for in row blocks instead of a dense ``length x length`` tensor.
 
 The slope maths is :mod:`lmeval_ctx.methods.alibi`.
 """
@@ -20,12 +24,15 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
+import types
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from lmeval_ctx.methods.alibi import ALIBI_METHODS, alibi_slopes, mpt_alibi_slopes
+from lmeval_ctx import alibi_attention
+from lmeval_ctx.architectures import ALIBI_ARCHITECTURES, AlibiArchitecture, alibi_architecture
+from lmeval_ctx.methods.alibi import ALIBI_METHODS
 
 
 @dataclass(frozen=True)
@@ -41,49 +48,72 @@ class AlibiScaling:
 
 
 @dataclass(frozen=True)
-class _ActiveCall:
+class _Installed:
+    """What :func:`install_alibi_scaling` set on a model."""
+
     scaling: AlibiScaling
+    attention: str  # one of alibi_attention.ATTENTION_CHOICES
+    base_slopes: tuple[float, ...]  # the architecture's own slopes for this config
+
+
+@dataclass(frozen=True)
+class _ActiveCall:
+    installed: _Installed
     key_length: int  # keys visible to the last query: cached + new tokens
+
+    def slopes(self) -> list[float]:
+        return self.installed.scaling.slopes(list(self.installed.base_slopes), self.key_length)
+
+    @property
+    def scaled(self) -> bool:
+        return self.installed.scaling.method != "none"
+
+    @property
+    def blocked(self) -> bool:
+        return self.installed.attention != "transformers"
 
 
 _ACTIVE: contextvars.ContextVar[_ActiveCall | None] = contextvars.ContextVar("lmeval_ctx_alibi", default=None)
 
-# Attribute set on a patched base model; holds its AlibiScaling.
-_SCALING_ATTR = "_lmeval_ctx_alibi_scaling"
+# Attribute set on a patched base model; holds its _Installed.
+_INSTALLED_ATTR = "_lmeval_ctx_alibi"
 
 
-def _bloom_dispatcher(original: Callable) -> Callable:
+# ----------------------------------------------------------------------------- slope dispatchers (named in the table)
+def bloom_slope_dispatcher(original: Callable) -> Callable:
     def _get_alibi_slopes(num_heads: int, device: torch.device) -> torch.Tensor:
         active = _ACTIVE.get()
-        if active is None:
+        if active is None or not active.scaled:
             return original(num_heads, device)
-        slopes = active.scaling.slopes(alibi_slopes(num_heads), active.key_length)
-        return torch.tensor(slopes, dtype=torch.float32, device=device)
+        return torch.tensor(active.slopes(), dtype=torch.float32, device=device)
 
     return _get_alibi_slopes
 
 
-def _mpt_dispatcher(original: Callable) -> Callable:
+def mpt_slope_dispatcher(original: Callable) -> Callable:
     def build_mpt_alibi_tensor(num_heads, sequence_length, alibi_bias_max=8, device=None):
         active = _ACTIVE.get()
         if active is None:
             return original(num_heads, sequence_length, alibi_bias_max, device)
-        slopes = active.scaling.slopes(mpt_alibi_slopes(num_heads, alibi_bias_max), active.key_length)
+        # MPT builds its bias for config.max_seq_len positions and slices the last key_length;
+        # cover every key of this call (heads x keys: linear in the length)
+        sequence_length = max(sequence_length, active.key_length)
+        if not active.scaled:
+            return original(num_heads, sequence_length, alibi_bias_max, device)
         distance = torch.arange(1 - sequence_length, 1, dtype=torch.int32, device=device).view(1, 1, sequence_length)
         # (heads, 1, keys), as MPT's own builder returns
-        return distance * torch.tensor(slopes, dtype=torch.float32, device=device).view(num_heads, 1, 1)
+        return distance * torch.tensor(active.slopes(), dtype=torch.float32, device=device).view(num_heads, 1, 1)
 
     return build_mpt_alibi_tensor
 
 
-def _falcon_dispatcher(original: Callable) -> Callable:
+def falcon_slope_dispatcher(original: Callable) -> Callable:
     def build_alibi_tensor(attention_mask: torch.Tensor, num_heads: int, dtype: torch.dtype) -> torch.Tensor:
         active = _ACTIVE.get()
-        if active is None:
+        if active is None or not active.scaled:
             return original(attention_mask, num_heads, dtype)
         batch_size, seq_length = attention_mask.shape
-        slopes = active.scaling.slopes(alibi_slopes(num_heads), active.key_length)
-        slopes = torch.tensor(slopes, dtype=torch.float32, device=attention_mask.device)
+        slopes = torch.tensor(active.slopes(), dtype=torch.float32, device=attention_mask.device)
         positions = ((attention_mask.cumsum(dim=-1) - 1) * attention_mask)[:, None, :]
         # Falcon multiplies bfloat16 slopes; keep that rounding so scaling=none-like slopes match it exactly.
         alibi = slopes[..., None].bfloat16() * positions  # (batch, heads, keys)
@@ -92,24 +122,50 @@ def _falcon_dispatcher(original: Callable) -> Callable:
     return build_alibi_tensor
 
 
-# model_type -> (module, function holding the slopes, dispatcher factory)
-_ARCHITECTURES: dict[str, tuple[str, str, Callable]] = {
-    "bloom": ("transformers.models.bloom.modeling_bloom", "_get_alibi_slopes", _bloom_dispatcher),
-    "mpt": ("transformers.models.mpt.modeling_mpt", "build_mpt_alibi_tensor", _mpt_dispatcher),
-    "falcon": ("transformers.models.falcon.modeling_falcon", "build_alibi_tensor", _falcon_dispatcher),
-}
+def _mask_dispatcher(original: Callable) -> Callable:
+    def create_causal_mask(config, *args, **kwargs):
+        active = _ACTIVE.get()
+        if active is None or not active.blocked:
+            return original(config, *args, **kwargs)
+        # transformers' own mask logic (offsets, padding, cache sizes), delivered in row blocks
+        return original(alibi_attention.row_block_mask_config(config), *args, **kwargs)
+
+    return create_causal_mask
 
 
-def _install_dispatcher(model_type: str) -> None:
-    module_name, function_name, factory = _ARCHITECTURES[model_type]
-    module = importlib.import_module(module_name)
-    current = getattr(module, function_name)
+def _replace_module_function(module, name: str, factory: Callable) -> None:
+    current = getattr(module, name)
     if getattr(current, "_lmeval_ctx_dispatcher", False):
         return
     dispatcher = factory(current)
     dispatcher._lmeval_ctx_dispatcher = True
     dispatcher.__wrapped__ = current
-    setattr(module, function_name, dispatcher)
+    setattr(module, name, dispatcher)
+
+
+def _install_dispatchers(arch: AlibiArchitecture) -> None:
+    module = importlib.import_module(arch.module)
+    _replace_module_function(module, arch.slope_function, globals()[arch.slope_dispatcher])
+    _replace_module_function(module, "create_causal_mask", _mask_dispatcher)
+
+
+def _attention_modules(model: torch.nn.Module, arch: AlibiArchitecture) -> list[torch.nn.Module]:
+    attention_class = getattr(importlib.import_module(arch.module), arch.attention_class)
+    modules = [module for module in model.modules() if isinstance(module, attention_class)]
+    if not modules:
+        raise ValueError(f"Found no {arch.attention_class} module in this {arch.model_type} model to install "
+                         "the ALiBi attention on.")
+    return modules
+
+
+def _set_attention_forwards(modules: list[torch.nn.Module], arch: AlibiArchitecture, attention: str) -> None:
+    """Give the attention modules the blocked forward, or take it back (``transformers``)."""
+    forward = getattr(alibi_attention, arch.attention_forward)
+    for module in modules:
+        if attention == "transformers":
+            module.__dict__.pop("forward", None)  # back to the class's own forward
+        else:
+            module.forward = types.MethodType(forward, module)
 
 
 def _key_length(args: tuple, kwargs: dict) -> int:
@@ -125,31 +181,49 @@ def _key_length(args: tuple, kwargs: dict) -> int:
     return int(tokens.shape[1]) + int(cached)
 
 
+def _architecture(model: torch.nn.Module) -> AlibiArchitecture:
+    arch = alibi_architecture(model.config)
+    if arch is None:
+        model_type = getattr(model.config, "model_type", None)
+        raise ValueError(
+            f"No ALiBi slope patch for model_type={model_type!r}"
+            + (" with alibi=False (this Falcon uses RoPE)" if model_type in ALIBI_ARCHITECTURES else "")
+            + f"; supported: {', '.join(ALIBI_ARCHITECTURES)}."
+        )
+    return arch
+
+
 def has_alibi_scaling(model: torch.nn.Module) -> bool:
     """Has :func:`install_alibi_scaling` been called on ``model``?"""
-    return hasattr(model.base_model, _SCALING_ATTR)
+    return hasattr(model.base_model, _INSTALLED_ATTR)
 
 
-def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling) -> None:
-    """Make ``model`` (a BLOOM, MPT or Falcon-ALiBi causal LM) use ``scaling``'s slopes.
+def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling, attention: str | None = "auto") -> None:
+    """Make ``model`` (a BLOOM, MPT or Falcon-ALiBi causal LM) use ``scaling``'s slopes and ``attention``.
 
-    Calling it again on the same model replaces the method (a sweep re-applies
-    methods to one loaded model); ``method="none"`` restores the model's own slopes.
+    ``attention``: ``auto`` (default) attends a block of queries at a time in memory linear
+    in the length (flash-attn's ALiBi kernel instead on CUDA when installed and the dtype is
+    half precision), ``blocked`` always the blocks, ``transformers`` transformers' own attention
+    (``heads x length x length`` tensors). See :mod:`lmeval_ctx.alibi_attention`.
+
+    Calling it again on the same model replaces both (a sweep re-applies methods to one
+    loaded model); ``method="none"`` restores the model's own slopes.
     """
-    model_type = model.config.model_type
-    if model_type not in _ARCHITECTURES:
-        raise ValueError(f"No ALiBi slope patch for model_type={model_type!r}; supported: {', '.join(_ARCHITECTURES)}.")
-    _install_dispatcher(model_type)
+    arch = _architecture(model)
+    attention = alibi_attention.validate_attention_choice(attention)
+    modules = _attention_modules(model, arch)
+    _install_dispatchers(arch)
     base = model.base_model
-    already_wrapped = hasattr(base, _SCALING_ATTR)
-    setattr(base, _SCALING_ATTR, scaling)
+    already_wrapped = hasattr(base, _INSTALLED_ATTR)
+    setattr(base, _INSTALLED_ATTR, _Installed(scaling, attention, tuple(arch.base_slopes(model.config))))
+    _set_attention_forwards(modules, arch, attention)
     if already_wrapped:
         return
     inner_forward = base.forward
 
     @functools.wraps(inner_forward)
     def forward(*args, **kwargs):
-        token = _ACTIVE.set(_ActiveCall(getattr(base, _SCALING_ATTR), _key_length(args, kwargs)))
+        token = _ACTIVE.set(_ActiveCall(getattr(base, _INSTALLED_ATTR), _key_length(args, kwargs)))
         try:
             return inner_forward(*args, **kwargs)
         finally:
@@ -158,13 +232,26 @@ def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling) -> None
     base.forward = forward
 
 
+def attention_choice() -> str:
+    """The running scaled model's ``attention`` setting (``transformers`` outside its forward)."""
+    active = _ACTIVE.get()
+    return "transformers" if active is None else active.installed.attention
+
+
+def active_slopes(bfloat16: bool = False) -> torch.Tensor:
+    """The per-head slopes of the running scaled model's current call (float32, on the CPU).
+
+    ``bfloat16``: rounded as Falcon rounds its slopes.
+    """
+    active = _ACTIVE.get()
+    if active is None:
+        raise RuntimeError("active_slopes() is only defined during the forward pass of a model with ALiBi installed.")
+    slopes = torch.tensor(active.slopes(), dtype=torch.float32)
+    return slopes.bfloat16().float() if bfloat16 else slopes
+
+
 def slopes_in_use(model: torch.nn.Module, key_length: int) -> list[float]:
     """The per-head slopes ``model`` applies at ``key_length`` keys (for logs and checks)."""
-    model_type = model.config.model_type
-    num_heads = model.config.num_attention_heads if model_type != "mpt" else model.config.n_heads
-    if model_type == "mpt":
-        base = mpt_alibi_slopes(num_heads, model.config.attn_config.alibi_bias_max)
-    else:
-        base = alibi_slopes(num_heads)
-    scaling = getattr(model.base_model, _SCALING_ATTR, None)
-    return base if scaling is None else scaling.slopes(base, key_length)
+    base = _architecture(model).base_slopes(model.config)
+    installed = getattr(model.base_model, _INSTALLED_ATTR, None)
+    return base if installed is None else installed.scaling.slopes(base, key_length)

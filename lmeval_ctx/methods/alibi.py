@@ -2,11 +2,15 @@
 
 ALiBi (Press et al. 2021, "Train Short, Test Long", arXiv:2108.12409) adds
 ``-m_h * (i - j)`` to the attention score of head ``h``. Extending the context
-changes the slopes ``m_h``:
+changes the slopes ``m_h`` (formulas in docs/methods.md):
 
 - interpolation (``pi``): every slope divided by the factor ``a``;
-- NTK-ALiBi (``ntk``, from the source document, shared/seed): the steepest head
-  unchanged, the flattest divided by ``a``, geometric in between;
+- NTK-ALiBi (``ntk``): the steepest head unchanged, the flattest divided by ``a``,
+  geometric in between. Not from a paper: from the Chinese-language blog post
+  "NTK-ALiBi:通过插值实现大模型ALiBi位置编码的长文本外推" (NTK-ALiBi: long-text
+  extrapolation of LLMs' ALiBi position encoding by interpolation), Zhihu,
+  https://zhuanlan.zhihu.com/p/632780188, as summarised in the CSDN post
+  "LLM 位置编码及外推" (LLM position encoding and extrapolation);
 - dynamic NTK-ALiBi (``dynamic_ntk``, this project's definition): NTK-ALiBi with
   ``a = max(1, current_length / original_length)``.
 

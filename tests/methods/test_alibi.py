@@ -1,4 +1,4 @@
-"""ALiBi slopes and methods against shared/docs/methods.md and transformers' own slopes."""
+"""ALiBi slopes and methods against docs/methods.md and transformers' own slopes."""
 
 import math
 
