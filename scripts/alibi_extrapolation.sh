@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Train a small BLOOM (ALiBi) model from scratch on five Austen novels plus passkey prompts
+# (135 s on one H200 GPU, used when CUDA is available; over 2 hours on 2 CPU threads), then
+# evaluate none, pi, ntk and dynamic_ntk on passkey and held-out long-range perplexity at 1x-8x its 256-token window with
+# lmeval-ctx sweep, and write the leaderboard and plots with lmeval-ctx report. Sets itself up
+# in .venv-demo. Data: ../shared/data/austen-novels.jsonl (DATA=... to override). Model and runs:
+# runs/alibi_extrapolation/ (git-ignored); table: benchmarks/alibi_extrapolation_result.json.
+# Extra arguments go to benchmarks/alibi_extrapolation.py (e.g. --passkey-samples 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv-demo}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+pip install -q torch==2.13.0
+pip install -q .
+python benchmarks/alibi_extrapolation.py all --data "${DATA:-../shared/data/austen-novels.jsonl}" "$@"
