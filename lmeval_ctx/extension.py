@@ -19,12 +19,27 @@ from typing import Any
 
 from lmeval_ctx.architectures import alibi_architecture
 from lmeval_ctx.args import parse_optional_bool
-from lmeval_ctx.methods import LENGTH_DEPENDENT_METHODS, canonical_method, validate_factor
-from lmeval_ctx.methods.rope import ROPE_METHODS, base_rope_parameters, validate_rope_options
+from lmeval_ctx.methods import (
+    ATTENTION_METHOD_OPTIONS,
+    ATTENTION_METHODS,
+    LENGTH_DEPENDENT_METHODS,
+    canonical_method,
+    validate_factor,
+)
+from lmeval_ctx.methods.rope import (
+    ROPE_METHOD_OPTIONS,
+    ROPE_METHODS,
+    attention_method_rope_parameters,
+    base_rope_parameters,
+    validate_rope_options,
+)
 
 # RoPE types a checkpoint may ship whose frequencies change with the input length:
 # transformers' dynamic NTK, and Phi-3's longrope (long factors past the original length).
 LENGTH_DEPENDENT_ROPE_TYPES = ("dynamic", "longrope")
+
+# Options only the attention-level methods take; kept as given (the registry converts them).
+ATTENTION_ONLY_OPTIONS = frozenset().union(*ATTENTION_METHOD_OPTIONS.values())
 
 # Config fields that carry the trained context length, most specific first.
 ORIGINAL_LENGTH_FIELDS = (
@@ -45,10 +60,12 @@ class ContextExtension:
     requested: str  # what the user wrote (e.g. "linear", "ntk_alibi")
     family: str  # "rope", "alibi" or "absolute"
     model_type: str
-    factor: float | None  # None only for scaling=none
+    factor: float | None  # None for scaling=none and the attention-level methods
     original_max_length: int | None
     max_length: int | None  # the evaluation window; None = lm-eval's default
-    options: dict = field(default_factory=dict)  # YaRN's beta_fast, beta_slow, attention_factor
+    # the method's options (YaRN's beta_fast, ..., an attention method's window, ...) and the
+    # modifiers rope_theta (a base override) and logn (true: log-n query scaling)
+    options: dict = field(default_factory=dict)
     replace_rope_scaling: bool = False
     shipped_rope_parameters: dict | None = None  # the config's own, before any change
     # Layer types (``layer_types``): those keyed in ``rope_parameters`` (empty: one RoPE shared by
@@ -56,6 +73,12 @@ class ContextExtension:
     rope_layer_types: tuple[str, ...] = ()
     scaled_layer_types: tuple[str, ...] = ()
     kept_layer_types: dict = field(default_factory=dict)
+
+    @property
+    def attention_level(self) -> bool:
+        """True when attention itself changes (an attention-level method, or logn): the
+        attention function of :mod:`lmeval_ctx.attention_patch` is installed on the model."""
+        return self.method in ATTENTION_METHODS or bool(self.options.get("logn"))
 
     @property
     def length_dependent(self) -> bool:
@@ -280,11 +303,24 @@ def resolve_extension(
     attention_factor=None,
     replace_rope_scaling=False,
     scale_layer_types=None,
+    low_freq_factor=None,
+    high_freq_factor=None,
+    rope_theta=None,
+    logn=None,
+    window=None,
+    leak=None,
+    group_size=None,
+    neighbor_window=None,
+    global_tokens=None,
+    local_window=None,
 ) -> ContextExtension:
     """Validate a request against ``config``; raise ValueError naming the argument and the fix.
 
     ``replace_rope_scaling`` may be a bool or its spelling from ``--model_args`` (``no``, ``true``,
-    ...); ``scale_layer_types`` overrides :func:`layer_types_to_scale`'s rule.
+    ...); ``scale_layer_types`` overrides :func:`layer_types_to_scale`'s rule. ``rope_theta``
+    (a RoPE base override, applied before the method) and ``logn`` (log-n query scaling)
+    combine with every RoPE method; ``window`` ... ``local_window`` are the attention-level
+    methods' options (:mod:`lmeval_ctx.methods.attention`).
     """
     replace_rope_scaling = bool(parse_optional_bool(replace_rope_scaling, "replace_rope_scaling"))
     cfg = text_config(config)
@@ -292,15 +328,22 @@ def resolve_extension(
     family = position_family(config)
     requested = "none" if scaling is None else str(scaling)
     method = canonical_method(scaling, family=family if family != "absolute" else None)
-    options = {"beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor}
+    logn = parse_optional_bool(logn, "logn")
+    options = {"beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor,
+               "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+               "rope_theta": rope_theta, "logn": logn or None, "window": window, "leak": leak,
+               "group_size": group_size, "neighbor_window": neighbor_window, "global_tokens": global_tokens,
+               "local_window": local_window}
     if family == "rope" or method == "yarn":
-        validate_rope_options(method, options)
+        validate_rope_options(method, options, {**ROPE_METHOD_OPTIONS, **ATTENTION_METHOD_OPTIONS})
     elif any(v is not None for v in options.values()):
         raise ValueError(
-            "beta_fast, beta_slow and attention_factor are YaRN options for RoPE models; "
-            f"this {model_type} model uses {family} positions. Remove them."
+            f"{', '.join(k for k, v in options.items() if v is not None)} are options for RoPE models (YaRN "
+            f"options for RoPE models, llama3's, rope_theta, logn, the attention-level methods'); this {model_type} "
+            f"model uses {family} positions. Remove them."
         )
-    options = {k: float(v) for k, v in options.items() if v is not None}
+    options = {k: (v if k in ATTENTION_ONLY_OPTIONS else True if k == "logn" else float(v))
+               for k, v in options.items() if v is not None}
     window = None if max_length is None else _positive_int(max_length, "max_length")
 
     if family == "absolute":
@@ -366,14 +409,30 @@ def resolve_extension(
             "e.g. original_max_length=2048 for BLOOM."
         )
 
-    if method == "none":
+    if method in ATTENTION_METHODS or options.get("logn"):
+        from lmeval_ctx.methods.attention import check_architecture  # needs torch
+
+        check_architecture(f"scaling={requested}" if method in ATTENTION_METHODS else "logn=true", model_type)
+    if options.get("logn") and original is None:
+        raise ValueError(
+            f"logn=true scales queries by log(position)/log(original_max_length), but this {model_type} config "
+            "records no trained context length. Pass original_max_length=<the length it was trained on>."
+        )
+    if method == "none" or method in ATTENTION_METHODS:
         if factor is not None:
             raise ValueError(
                 "factor only applies together with a scaling method; remove it for scaling=none "
-                "(to extrapolate to a longer window, pass max_length instead)."
+                "(to extrapolate to a longer window, pass max_length instead)." if method == "none" else
+                f"factor only applies together with a RoPE rescaling; remove it for scaling={requested} (an "
+                "attention-level method's reach is set by its own options; pass max_length for the window)."
             )
+        if method in ATTENTION_METHODS:
+            from lmeval_ctx.methods.attention import resolve_attention_options  # needs torch
+
+            options = {**options, **resolve_attention_options(method, options, original, window)}
         return ContextExtension(
-            method, requested, family, model_type, None, original, window,
+            method, requested, family, model_type, None, original, window, options,
+            replace_rope_scaling=bool(shipped) and replace_rope_scaling and method != "none",
             shipped_rope_parameters=rope_parameters or None,
             rope_layer_types=tuple(rope_layer_types(cfg)), scaled_layer_types=scaled_types,
             kept_layer_types=kept_types,
@@ -435,11 +494,16 @@ def scaled_rope_parameters(config, ext: ContextExtension) -> dict:
     """
     cfg = text_config(config)
     current = copy.deepcopy(cfg.rope_parameters)
-    if ext.method == "none":
+    theta = ext.options.get("rope_theta")
+    if ext.method == "none" and theta is None:
         return current
-    method = ROPE_METHODS[ext.method]
+    method = ROPE_METHODS.get(ext.method, attention_method_rope_parameters)
 
     def scale(params: dict, layer_type: str | None) -> dict:
+        if theta is not None:  # the base override comes first: a method scales the overridden base
+            params = {**params, "rope_theta": theta}
+        if ext.method == "none":
+            return params
         base = base_rope_parameters(params)
         return method(base, ext.factor, ext.original_max_length, rotary_dim(cfg, base, layer_type), ext.options)
 
@@ -476,7 +540,7 @@ def apply_to_config(config, ext: ContextExtension) -> dict:
     cfg = text_config(config)
     applied: dict[str, Any] = {}
     if ext.family == "rope":
-        if ext.method != "none":
+        if ext.method != "none" or "rope_theta" in ext.options:
             cfg.rope_parameters = scaled_rope_parameters(config, ext)
             if ext.method == "dynamic_ntk" and getattr(cfg, "max_position_embeddings", None) != ext.original_max_length:
                 cfg.max_position_embeddings = ext.original_max_length

@@ -5,7 +5,9 @@
 2. **write** it into the config (:func:`lmeval_ctx.extension.apply_to_config`), after
    restoring the config's own RoPE and length fields (a second method never stacks on a first);
 3. on a built model, **rebuild** its rotary modules from the written config
-   (:mod:`lmeval_ctx.rotary`) or **install** the ALiBi slopes (:mod:`lmeval_ctx.alibi_patch`);
+   (:mod:`lmeval_ctx.rotary`) or **install** the ALiBi slopes (:mod:`lmeval_ctx.alibi_patch`),
+   and install or remove the attention function of attention-level methods and log-n scaling
+   (:mod:`lmeval_ctx.attention_patch`);
 4. **record** what runs, for the log and lm-eval's results.
 
 :func:`extend` runs the whole cycle. Its users:
@@ -34,9 +36,13 @@ from lmeval_ctx.extension import (
 
 # The request's arguments: ctx-hf's and ctx-vllm's names for them.
 EXTENSION_ARGS = ("scaling", "factor", "original_max_length", "max_length", "beta_fast", "beta_slow",
-                  "attention_factor", "replace_rope_scaling", "scale_layer_types")
-# The method's own arguments: a re-application does not carry them over from the previous method.
-METHOD_ARGS = ("factor", "beta_fast", "beta_slow", "attention_factor")
+                  "attention_factor", "replace_rope_scaling", "scale_layer_types", "low_freq_factor",
+                  "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size", "neighbor_window",
+                  "global_tokens", "local_window")
+# The method's own arguments: a re-application does not carry them over from the previous method
+# (the modifiers rope_theta and logn, which combine with every method, are carried over).
+METHOD_ARGS = ("factor", "beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
+               "window", "leak", "group_size", "neighbor_window", "global_tokens", "local_window")
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,12 @@ def extend(config, request: dict, *, model=None, previous: ExtensionState | None
     probe = copy.deepcopy(config)
     restore_extension_fields(probe, shipped)
     extension = resolve_extension(probe, **request)
+    if (alibi_options or {}).get("attention") is not None and extension.family != "alibi":
+        raise ValueError(
+            f"alibi_attention={alibi_options['attention']!r} only applies to ALiBi models (BLOOM, MPT, "
+            f"Falcon with alibi=True); this {extension.model_type} model uses {extension.family} positions. "
+            "Remove alibi_attention."
+        )
     restore_extension_fields(config, shipped)
     applied = apply_to_config(config, extension)
     state = ExtensionState(
@@ -101,18 +113,26 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
     a model built from the written config already has them) or install the ALiBi slopes; record."""
     # imported here: they need torch and transformers' model code, which resolving and writing
     # (all ctx-vllm does) do not
-    from lmeval_ctx.alibi_patch import AlibiScaling, has_alibi_scaling, install_alibi_scaling, slopes_in_use
+    from lmeval_ctx import attention_patch
+    from lmeval_ctx.alibi_patch import AlibiScaling, install_alibi_scaling, slopes_in_use
     from lmeval_ctx.rotary import rebuild_rotary_embeddings
 
     ext, applied = state.extension, dict(state.applied)
     if ext.family == "rope" and rebuild_rotary:
         rebuild_rotary_embeddings(model)
+    if ext.attention_level:  # after the rebuild: it reads the rotary frequencies
+        applied.update(attention_patch.install(model, ext))
+    elif attention_patch.installed(model):
+        attention_patch.remove(model)
     window = ext.max_length
     if window is None:
         window = default_window() if callable(default_window) else default_window
-    if ext.family == "alibi" and (ext.method != "none" or has_alibi_scaling(model)):
+    if ext.family == "alibi":
+        # every ALiBi model, scaling=none included: the attention path (memory linear in the
+        # length) is installed with the slopes
         install_alibi_scaling(model, AlibiScaling(ext.method, ext.factor, ext.original_max_length),
                               **state.alibi_options)
+        applied["alibi_attention"] = state.alibi_options.get("attention") or "auto"
         if ext.method != "none":
             applied["alibi_slopes"] = slopes_in_use(model, window)
         if ext.length_dependent:

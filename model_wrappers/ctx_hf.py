@@ -19,30 +19,34 @@ lm-eval batches and scores exactly as with ``--model hf``, except that
 
 from __future__ import annotations
 
-import copy
-import logging
+import inspect
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator
+from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
-from lmeval_ctx.alibi_patch import AlibiScaling, has_alibi_scaling, install_alibi_scaling, slopes_in_use
-from lmeval_ctx.extension import (
-    ContextExtension,
-    apply_to_config,
-    resolve_extension,
-    restore_extension_fields,
-    snapshot_extension_fields,
-)
+from lmeval_ctx import scoring
+
+from lmeval_ctx.args import parse_bool, reject_misspelt_keys
+from lmeval_ctx.extension import ContextExtension
+from lmeval_ctx.lifecycle import ExtensionState, attach, extend, reapplication_request
+from lmeval_ctx.logs import plugin_logger
 from lmeval_ctx.prefix_sharing import plan_shared_prefixes
 from lmeval_ctx.response_cache import install as install_response_cache_keys
 from lmeval_ctx.response_cache import settings_digest
-from lmeval_ctx.rotary import rebuild_rotary_embeddings
 
-eval_logger = logging.getLogger(__name__)
+eval_logger = plugin_logger(__name__)  # under lm-eval's logger: the settings line reaches the console
 install_response_cache_keys()
+
+
+# Names close to ctx-hf's own arguments that are legitimately passed through to HFLM or to
+# transformers' from_pretrained (a config override), never reported as misspellings.
+PASSED_THROUGH_ARGS = ("layer_types", "rope_scaling", "rope_parameters", "sliding_window",
+                       "attn_implementation", "device_map", "low_cpu_mem_usage", "quantization_config",
+                       "torch_dtype", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
 
 
 @register_model("ctx-hf")
@@ -51,15 +55,42 @@ class CtxHFLM(HFLM):
 
     Args (beyond HFLM's):
         scaling: none, pi (alias linear), ntk (alias ntk_alibi on ALiBi models),
-            dynamic_ntk (alias dynamic) or yarn (RoPE only).
+            dynamic_ntk (alias dynamic); RoPE only: yarn, llama3, ntk_by_parts, and the
+            attention-level methods rerope, leaky_rerope, self_extend, lm_infinite
+            (see docs/attention_methods.md).
         factor: L'/L >= 1. Omitted with a method: ``max_length / original_max_length``.
         original_max_length: the trained context; read from the config when it has one.
-        beta_fast, beta_slow, attention_factor: YaRN's parameters (transformers' defaults otherwise).
-        replace_rope_scaling: allow replacing a RoPE scaling the checkpoint already ships.
+        beta_fast, beta_slow, attention_factor: YaRN's parameters (transformers' defaults otherwise);
+            ntk_by_parts takes beta_fast and beta_slow.
+        low_freq_factor, high_freq_factor: llama3's (defaults 1 and 4, Llama 3.1's).
+        rope_theta: a RoPE base override, applied before any method (also with scaling=none).
+        logn: true scales queries beyond the trained length by log_L(position) (any RoPE method).
+        window, leak, group_size, neighbor_window, global_tokens, local_window: the
+            attention-level methods' options (rerope: window; leaky_rerope: window, leak;
+            self_extend: group_size, neighbor_window; lm_infinite: global_tokens, local_window).
+        replace_rope_scaling: allow replacing a RoPE scaling the checkpoint already ships
+            (true/false/yes/no/1/0).
+        scale_layer_types: on models with per-layer-type RoPE (Gemma 2/3 style ``layer_types``),
+            the layer types the method scales: ``all`` or types joined by ``+`` (e.g.
+            ``full_attention``). By default the types whose attention reaches beyond the trained
+            context (see ``lmeval_ctx.extension.layer_types_to_scale``); the others keep their RoPE.
+        alibi_attention: ALiBi models' attention: ``auto`` (default; a block of queries at a
+            time, in memory linear in the length, or flash-attn's ALiBi kernel on CUDA when
+            installed), ``blocked``, or ``transformers`` (its own, ``heads x length^2``).
+            See docs/alibi_attention.md.
         max_length (HFLM's): the window; defaults to ``original_max_length * factor`` with a method.
-        truncation (HFLM's): True lets lm-eval cut over-long requests from the left; by
+        truncation (HFLM's): true lets lm-eval cut over-long requests from the left; by
             default such a request is an error.
+
+    A key close to one of these names but not one of HFLM's or transformers' own arguments
+    (``factr``, ``scalng``) is an error naming the intended key.
     """
+
+    # ctx-hf's own arguments, beyond those HFLM takes
+    CONTEXT_ARGS = ("scaling", "factor", "original_max_length", "beta_fast", "beta_slow", "attention_factor",
+                    "replace_rope_scaling", "scale_layer_types", "alibi_attention", "max_length", "truncation",
+                    "low_freq_factor", "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size",
+                    "neighbor_window", "global_tokens", "local_window")
 
     def __init__(
         self,
@@ -70,39 +101,50 @@ class CtxHFLM(HFLM):
         beta_fast: float | None = None,
         beta_slow: float | None = None,
         attention_factor: float | None = None,
-        replace_rope_scaling: bool = False,
+        replace_rope_scaling: bool | str = False,
+        scale_layer_types: str | None = None,
+        alibi_attention: str | None = None,
         max_length: int | None = None,
-        truncation: bool | None = False,
+        truncation: bool | str | None = False,
+        low_freq_factor: float | None = None,
+        high_freq_factor: float | None = None,
+        rope_theta: float | None = None,
+        logn: bool | str | None = None,
+        window: int | None = None,
+        leak: float | None = None,
+        group_size: int | None = None,
+        neighbor_window: int | None = None,
+        global_tokens: int | None = None,
+        local_window: int | None = None,
         **kwargs,
     ) -> None:
-        self._ctx_request = dict(
-            scaling=scaling,
-            factor=factor,
-            original_max_length=original_max_length,
-            max_length=max_length,
-            beta_fast=beta_fast,
-            beta_slow=beta_slow,
-            attention_factor=attention_factor,
-            replace_rope_scaling=replace_rope_scaling,
-        )
-        self._ctx_created_request = dict(self._ctx_request)
-        self._ctx_extension: ContextExtension | None = None
-        self._ctx_applied: dict = {}
-        self._ctx_shipped: dict = {}  # the config's own RoPE/length fields, for re-application
-        self._ctx_user_max_length = max_length
+        reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
+                             accepted=(*inspect.signature(HFLM.__init__).parameters, *PASSED_THROUGH_ARGS))
+        request = dict(scaling=scaling, factor=factor, original_max_length=original_max_length,
+                       max_length=max_length, beta_fast=beta_fast, beta_slow=beta_slow,
+                       attention_factor=attention_factor,
+                       replace_rope_scaling=parse_bool(replace_rope_scaling, "replace_rope_scaling"),
+                       scale_layer_types=scale_layer_types, low_freq_factor=low_freq_factor,
+                       high_freq_factor=high_freq_factor, rope_theta=rope_theta, logn=logn, window=window,
+                       leak=leak, group_size=group_size, neighbor_window=neighbor_window,
+                       global_tokens=global_tokens, local_window=local_window)
+        truncation = False if truncation is None else parse_bool(truncation, "truncation")
         built = not isinstance(pretrained, str)
+        # The extension's state, the one field for it: for a checkpoint, written into the config by
+        # _get_config before the model is built; for a built model, applied below (resolved once).
+        self._ctx: ExtensionState | None = None
         if built:
-            # An already built model gets its method after HFLM's set-up, like a sweep's re-application.
-            resolve_extension(pretrained.config, **self._ctx_request)  # fail before any work on bad arguments
-            self._ctx_shipped = snapshot_extension_fields(pretrained.config)
-            self._ctx_extension = resolve_extension(pretrained.config, scaling="none", max_length=max_length,
-                                                    original_max_length=original_max_length)
-        super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
-        self._shard_across_cpu_processes()
-        if built:
-            self.apply_extension(**{k: v for k, v in self._ctx_request.items() if k != "max_length"})
+            super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+            self._ctx = extend(self._model.config, request, model=self._model, default_window=self._lm_eval_window,
+                               alibi_options={"attention": alibi_attention})
         else:
-            self._finish_extension()
+            self._ctx_request = request  # read by _get_config during HFLM's set-up
+            self._ctx_alibi_options = {"attention": alibi_attention}
+            super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+            del self._ctx_request, self._ctx_alibi_options
+            self._ctx = attach(self._ctx, self._model, default_window=self._lm_eval_window)
+        self._shard_across_cpu_processes()
+        self._use_extension_window()
 
     def _shard_across_cpu_processes(self) -> None:
         """Data parallelism for ``accelerate launch --cpu`` (gloo).
@@ -123,46 +165,37 @@ class CtxHFLM(HFLM):
         """Apply another context-extension method to the loaded model, without reloading its weights.
 
         Takes ``ctx-hf``'s arguments (``scaling``, ``factor``, ``original_max_length``, YaRN's
-        options, ``replace_rope_scaling``, ``max_length``; the ones not given are those the
-        model was created with, except the method's own: factor and the YaRN options). The
-        config's own RoPE fields are restored, the new method resolved and written in, and
-        the rotary modules rebuilt (RoPE) or the slopes replaced (ALiBi). Returns the record.
+        options, ``replace_rope_scaling``, ``scale_layer_types``, ``max_length``; the ones not
+        given are those the model was created with, except the method's own: factor and the
+        YaRN options). The config's own RoPE fields are restored, the new method resolved and
+        written in, and the rotary modules rebuilt (RoPE) or the slopes replaced (ALiBi), by
+        :func:`lmeval_ctx.lifecycle.extend`. Returns the record. A bad request raises
+        ValueError and leaves the model as it was.
         """
-        full = {**self._ctx_created_request, "factor": None, "beta_fast": None, "beta_slow": None,
-                "attention_factor": None, "max_length": self._ctx_user_max_length, **request, "scaling": scaling}
-        config = self._model.config
-        probe = copy.deepcopy(config)  # resolve on a copy: a bad request must leave the model as it was
-        restore_extension_fields(probe, self._ctx_shipped)
-        extension = resolve_extension(probe, **full)
-        restore_extension_fields(config, self._ctx_shipped)
-        self._ctx_applied = apply_to_config(config, extension)
-        if extension.family == "rope":
-            rebuild_rotary_embeddings(self._model)
-        self._ctx_extension, self._ctx_request = extension, full
-        self._max_length = self._ctx_user_max_length
-        self._finish_extension()
-        return self._ctx_record
+        self._ctx = extend(self._model.config, reapplication_request(self._ctx, scaling, request),
+                           model=self._model, previous=self._ctx, default_window=self._lm_eval_window)
+        self._use_extension_window()
+        return self.context_extension_record
 
-    def _finish_extension(self) -> None:
-        """Set the window, install ALiBi slopes and record what runs."""
-        ext = self._ctx_extension
-        if ext.max_length is not None:
-            self._max_length = ext.max_length
-        if ext.family == "alibi" and (ext.method != "none" or has_alibi_scaling(self._model)):
-            install_alibi_scaling(self._model, AlibiScaling(ext.method, ext.factor, ext.original_max_length))
-            if ext.method != "none":
-                self._ctx_applied["alibi_slopes"] = slopes_in_use(self._model, self.max_length)
-            if ext.length_dependent:
-                self._ctx_applied["alibi_slopes_note"] = "at the full window; recomputed from each input's length"
-        self._ctx_record = ext.record({**self._ctx_applied, "max_length": self.max_length})
-        eval_logger.info("lmeval-ctx context extension: %s", self._ctx_record)
+    def _lm_eval_window(self) -> int:
+        """The window lm-eval uses for this model when neither max_length nor a method sets one."""
+        saved, self._max_length = self._max_length, None
+        try:
+            return self.max_length
+        finally:
+            self._max_length = saved
+
+    def _use_extension_window(self) -> None:
+        """Evaluate with the method's window and log what runs."""
+        window = self._ctx.extension.max_length
+        self._max_length = window if window is not None else self._ctx.created_request["max_length"]
+        eval_logger.info("lmeval-ctx context extension: %s", self.context_extension_record)
 
     # -- model construction ---------------------------------------------------------------
     def _get_config(self, pretrained, **kwargs) -> None:
         super()._get_config(pretrained, **kwargs)
-        self._ctx_shipped = snapshot_extension_fields(self._config)
-        self._ctx_extension = resolve_extension(self._config, **self._ctx_request)
-        self._ctx_applied = apply_to_config(self._config, self._ctx_extension)
+        # Resolved and written before transformers builds the model from this config.
+        self._ctx = extend(self._config, self._ctx_request, alibi_options=self._ctx_alibi_options)
 
     def _create_model(self, *args, **kwargs) -> None:
         # Build from our edited config; for GGUF checkpoints too, where transformers
@@ -173,16 +206,30 @@ class CtxHFLM(HFLM):
     @property
     def context_extension(self) -> ContextExtension:
         """The validated extension this model runs with."""
-        return self._ctx_extension
+        return self._ctx.extension
+
+    @property
+    def context_extension_record(self) -> dict:
+        """What runs, as recorded in lm-eval's results (``config.context_extension``) and the log."""
+        return self._ctx.record
+
+    # Read by the scoring methods and response_cache_key (other owners); the state is self._ctx.
+    _ctx_extension = context_extension
+    _ctx_record = context_extension_record
 
     @property
     def response_cache_key(self) -> str:
-        """A digest of the model and its context-extension settings, for ``--use_cache`` file names."""
-        return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self._ctx_record)
+        """A digest of everything that decides this model's answers, for ``--use_cache`` file names:
+        the model, the context extension with its parameters and window, and HFLM's own settings
+        (``lmeval_ctx.response_cache.HF_RESPONSE_SETTINGS``: truncation, dtype, generation budget, ...)."""
+        from lmeval_ctx.response_cache import hf_response_settings
+
+        return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self._ctx_record,
+                               hf_response_settings(self))
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        info["context_extension"] = self._ctx_record
+        info["context_extension"] = self.context_extension_record
         return info
 
     # -- no silent truncation ------------------------------------------------------------
@@ -229,20 +276,21 @@ class CtxHFLM(HFLM):
             return self._score_lengths_apart(requests, disable_tqdm, override_bs)
         groups = plan_shared_prefixes([ctx + cont for _, ctx, cont in requests], max_tokens=self.max_length + 1)
         if not groups:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            return self._score_batches(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         shared = {index for members in groups.values() for index in members}
         rest = [i for i in range(len(requests)) if i not in shared]
-        score = super()._loglikelihood_tokens
         results = self._in_groups(requests, [rest] if rest else [],
-                                  lambda part: score(part, disable_tqdm=disable_tqdm, override_bs=override_bs))
+                                  lambda part: self._score_batches(part, disable_tqdm, override_bs))
         for carrier, members in tqdm(groups.items(), desc="Scoring shared prefixes (one pass each)",
                                      disable=disable_tqdm or self.rank != 0):
             _, ctx, cont = requests[carrier]
-            logprobs, greedy = self._token_logprobs(ctx + cont)
+            # position of the first target any member scores: no output layer before it
+            first = min(len(requests[i][1]) for i in members) - 1
+            logprobs, greedy = self._token_logprobs(ctx + cont, first=first)
             for i in members:
                 request_str, context_enc, continuation_enc = requests[i]
                 # targets of continuation tokens: positions len(context) - 1 ... len(whole) - 2
-                span = slice(len(context_enc) - 1, len(context_enc) + len(continuation_enc) - 1)
+                span = slice(len(context_enc) - 1 - first, len(context_enc) + len(continuation_enc) - 1 - first)
                 answer = (float(logprobs[span].sum()), bool(greedy[span].all()))
                 results[i] = answer
                 if request_str is not None:
@@ -265,9 +313,8 @@ class CtxHFLM(HFLM):
         by_length: dict[int, list[int]] = {}
         for i, (_, ctx, cont) in enumerate(requests):
             by_length.setdefault(len(ctx) + len(cont), []).append(i)
-        score = super()._loglikelihood_tokens
         return self._in_groups(requests, by_length.values(),
-                               lambda part: score(part, disable_tqdm=disable_tqdm, override_bs=override_bs))
+                               lambda part: self._score_batches(part, disable_tqdm, override_bs))
 
     @staticmethod
     def _in_groups(requests, groups, run) -> list:
@@ -281,23 +328,131 @@ class CtxHFLM(HFLM):
                 results[i] = answer
         return results
 
-    @torch.no_grad()
-    def _token_logprobs(self, tokens: list[int], chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of each token after the first, and whether it is the argmax, in one pass.
+    # -- scoring: log-probabilities from the final hidden states, a slice of positions at a time ------
+    # Positions per slice of output-layer logits (lmeval_ctx.scoring). 0 scores from full logits as
+    # HFLM does: batch x length x vocabulary floats at once (a switch for comparisons and benchmarks).
+    logits_slice: int = scoring.DEFAULT_SLICE_POSITIONS
+    _full_logits_noted = False
 
-        Computed as HFLM does (log-softmax in ``softmax_dtype``), a slice of positions
-        at a time so no second vocabulary-sized copy of the logits is held.
+    def _output_layer(self):
+        """The model's output layer for sliced scoring, or None to score from full logits."""
+        if isinstance(self.logits_slice, bool) or not isinstance(self.logits_slice, int) or self.logits_slice < 0:
+            raise ValueError(f"logits_slice must be a whole number of positions >= 0 (0: full logits); "
+                             f"got {self.logits_slice!r}.")
+        if self.logits_slice == 0 or self.backend != "causal":
+            return None
+        head = scoring.output_layer(self.model)
+        if head is None and not self._full_logits_noted:
+            eval_logger.warning(
+                "lmeval-ctx: %s is not in lmeval_ctx.scoring.AFTER_OUTPUT_LAYER; scoring from full logits "
+                "(batch x length x vocabulary floats at once)", type(self.model).__name__)
+            self._full_logits_noted = True
+        return head
+
+    def _autocast(self):
+        """The mixed-precision context HFLM's forward pass runs in (off unless mixed_precision_dtype is set)."""
+        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                              enabled=self.mixed_precision_dtype is not None)
+
+    def _model_call(self, inps, attn_mask=None, labels=None, final_hidden_states: bool = False):
+        """HFLM's forward pass; with ``final_hidden_states``, the decoder's output instead of logits."""
+        if not final_hidden_states:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        with torch.no_grad(), self._autocast():
+            return scoring.final_hidden_states(self.model, inps)  # (batch, length, hidden)
+
+    def _score_batches(self, requests, disable_tqdm: bool = False, override_bs=None) -> list[tuple[float, bool]]:
+        """lm-eval's batched loglikelihood scoring, from sliced logits where the model allows.
+
+        Batches are HFLM's: longest first, right-padded, the batch size fixed or detected
+        (``batch_size=auto``); with ``logits_cache``, requests sharing context + continuation
+        minus its last token (answer choices) run as one row. Each row's continuation
+        positions alone go through the output layer. Answers are ``(sum of log-probs,
+        every token the argmax)`` per request, as HFLM's.
+        """
+        head = self._output_layer()
+        if head is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        collator = Collator(
+            requests,
+            sort_fn=lambda request: (-len(request[1] + request[2]), tuple(request[1] + request[2])),
+            group_by="contexts" if self.logits_cache else None,
+            group_fn=lambda request: request[1] + request[2][:-1],  # the tokens the model reads
+        )
+        auto = self.batch_size == "auto"
+        batch_fn = self._batch_scheduler if auto and len(collator) > 0 and not override_bs else None
+        if batch_fn is not None:
+            self.batch_sizes = {}  # detect again for these requests, as HFLM does
+        batch_size = (override_bs if override_bs is not None else 0) if auto else self.batch_size
+        answers: list[tuple[float, bool]] = []
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                        desc="Running loglikelihood requests")
+        for batch in collator.get_batched(n=batch_size, batch_fn=batch_fn):
+            inputs = [self._scored_input(context_enc, continuation_enc) for _, context_enc, continuation_enc in batch]
+            width = max(len(tokens) for tokens in inputs)
+            batched = pad_and_concat(width, [torch.tensor(tokens, dtype=torch.long, device=self.device)
+                                             for tokens in inputs], padding_side="right")
+            hidden = self._model_call(batched, final_hidden_states=True)  # (batch, width, hidden)
+            for row, ((request_str, context_enc, continuation_enc), tokens) in enumerate(zip(batch, inputs)):
+                end = len(tokens) + hidden.shape[1] - width  # after the row's last input (and any virtual tokens)
+                scored = hidden[row:row + 1, end - len(continuation_enc):end]  # (1, continuation, hidden)
+                # this row's request and any sharing its input (the longest continuation is this row's)
+                members = [(s, c) for s, c, _ in collator.get_cache(req_str=request_str, cxt_toks=context_enc,
+                                                                     cont_toks=continuation_enc, logits=scored)]
+                for answer, (member_str, _) in zip(self._continuation_scores(head, scored[0], members), members):
+                    answers.append(answer)
+                    if member_str is not None:
+                        self.cache_hook.add_partial("loglikelihood", member_str, answer)
+                progress.update(len(members))
+        progress.close()
+        return collator.get_original(answers)
+
+    def _scored_input(self, context_enc: list[int], continuation_enc: list[int]) -> list[int]:
+        """The tokens a request's row reads: all but the last, cut from the left to the window."""
+        assert context_enc and continuation_enc, "lm-eval sends a non-empty context and continuation"
+        tokens = context_enc + continuation_enc
+        if len(tokens) > self.max_length + 1:  # only reached with truncation=True
+            eval_logger.warning("truncation=True: cutting %d tokens from the left of a request of %d",
+                                len(tokens) - self.max_length - 1, len(tokens))
+        return tokens[-(self.max_length + 1):][:-1]
+
+    def _continuation_scores(self, head, hidden: torch.Tensor, members) -> list[tuple[float, bool]]:
+        """``(log-prob sum, all argmax)`` of each member's continuation, aligned to the end of ``hidden``.
+
+        ``hidden`` (positions, hidden_size) holds the positions of the longest continuation;
+        a shorter one is scored at the last positions, where its tokens are.
+        """
+        longest = max((list(continuation) for _, continuation in members), key=len)
+        positions = len(longest)
+        assert positions == hidden.shape[0], "the row carries its group's longest continuation"
+        # a shorter continuation's row starts with the longest's first tokens: unscored filler
+        targets = torch.tensor([longest[:positions - len(c)] + list(c) for _, c in members],
+                               dtype=torch.long, device=hidden.device)  # (members, positions)
+        with torch.no_grad(), self._autocast():
+            logprobs, greedy = scoring.target_logprobs(head, hidden, targets, self.softmax_dtype, self.logits_slice)
+        return [(float(logprobs[m, positions - len(c):].sum()), bool(greedy[m, positions - len(c):].all()))
+                for m, (_, c) in enumerate(members)]
+
+    @torch.no_grad()
+    def _token_logprobs(self, tokens: list[int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of ``tokens[first + 1:]`` given all tokens before each, and whether each
+        is the argmax, in one forward pass; log-softmax in ``softmax_dtype``, as HFLM's.
+
+        The output layer runs a slice of positions at a time (full logits, sliced only for the
+        log-softmax, where the model is not in lmeval_ctx.scoring's table or logits_slice=0).
         """
         inputs = torch.tensor([tokens[:-1]], dtype=torch.long, device=self.device)
-        targets = torch.tensor(tokens[1:], dtype=torch.long, device=self.device)
-        logits = self._model_call(inputs)[0]
-        logprobs, greedy = [], []
-        for start in range(0, logits.shape[0], chunk):
-            part = F.log_softmax(logits[start:start + chunk], dim=-1, dtype=self.softmax_dtype)
-            target = targets[start:start + chunk]
-            logprobs.append(part.gather(-1, target[:, None])[:, 0])
-            greedy.append(part.argmax(dim=-1) == target)
-        return torch.cat(logprobs).cpu(), torch.cat(greedy).cpu()
+        targets = torch.tensor([tokens[first + 1:]], dtype=torch.long, device=self.device)
+        head = self._output_layer()
+        if head is None:
+            logits = self._model_call(inputs)[0, first:]  # (positions, vocabulary)
+            logprobs, greedy = scoring.target_logprobs(lambda part: part, logits, targets, self.softmax_dtype)
+        else:
+            hidden = self._model_call(inputs, final_hidden_states=True)[0, first:]  # (positions, hidden)
+            with self._autocast():
+                logprobs, greedy = scoring.target_logprobs(head, hidden, targets, self.softmax_dtype,
+                                                           self.logits_slice)
+        return logprobs[0].cpu(), greedy[0].cpu()
 
 
 __all__ = ["CtxHFLM"]

@@ -41,6 +41,42 @@ CONFIGS = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=8, alibi=True,
         new_decoder_architecture=False, multi_query=False, max_position_embeddings=128, **_COMMON),
     "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **_COMMON),
+    # for the sliced-scoring table (lmeval_ctx/scoring.py): each forward's processing after the
+    # output layer set far from a no-op (a small soft cap, a large scale)
+    "mistral": lambda: transformers.MistralConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, **_COMMON),
+    "qwen3": lambda: transformers.Qwen3Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **_COMMON),
+    "gemma2": lambda: transformers.Gemma2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, final_logit_softcapping=0.5,
+        **_COMMON),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, final_logit_softcapping=0.5,
+        sliding_window=16, **_COMMON),
+    "cohere": lambda: transformers.CohereConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, logit_scale=8.0, **_COMMON),
+    "granite": lambda: transformers.GraniteConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, logits_scaling=0.125, **_COMMON),
+    # a vocabulary of realistic size, so a long window's full logits dwarf the model
+    "llama_32k_vocab": lambda: transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096,
+        **{**_COMMON, "vocab_size": 32768}),
+    # per-layer-type RoPE, Gemma-3 style: sliding-window layers (window 32 < the trained 128) with
+    # their own RoPE base beside full-attention layers
+    "gemma3_layer_types": lambda: transformers.Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}},
+        **_COMMON),
 }
 
 

@@ -1,8 +1,9 @@
 """ctx-hf's logits against independently built references, for every method and architecture.
 
 References: for RoPE, transformers' own rope types configured by hand (and rope_theta
-scaled by the NTK formula); for ALiBi, slopes computed here from shared/docs/methods.md
-and put in place of transformers' slope function while the reference model runs.
+scaled by the NTK formula); for ALiBi, slopes computed here from docs/methods.md (Press et
+al. 2021, arXiv 2108.12409, and NTK-ALiBi as cited there) and put in place of transformers'
+slope function while the reference model runs.
 """
 
 import math
@@ -102,7 +103,7 @@ def test_scaling_none_is_the_plain_model(tiny_model_dir):
 
 # ---------------------------------------------------------------- ALiBi
 def reference_slopes(method: str, heads: int, a: float) -> list[float]:
-    """methods.md, written out independently: m_h = 2^(-8h/H) for H a power of two."""
+    """docs/methods.md, written out independently: m_h = 2^(-8h/H) for H a power of two."""
     assert heads & (heads - 1) == 0
     m = [2 ** (-8 * h / heads) for h in range(1, heads + 1)]
     if method == "pi":
