@@ -35,11 +35,18 @@ def add_task_folder(manager_module) -> None:
     task_manager = manager_module.TaskManager
     if getattr(task_manager.__init__, "_lmeval_ctx", False):
         return
-    original_init = task_manager.__init__
+    import inspect  # here, not at start-up: this runs only once lm_eval's task manager is imported
 
-    def __init__(self, *args, include_path=None, **kwargs):
+    original_init = task_manager.__init__
+    signature = inspect.signature(original_init)
+
+    def __init__(self, *args, **kwargs):
         from lmeval_ctx.paths import tasks_path
 
+        # include_path may come by keyword or by position (TaskManager(None, path)): bind as
+        # lm-eval's own signature does, so a wrong call fails with lm-eval's own TypeError.
+        bound = signature.bind(self, *args, **kwargs)
+        include_path = bound.arguments.get("include_path")
         ours = str(tasks_path())
         paths = [] if include_path is None else (
             list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
@@ -47,7 +54,8 @@ def add_task_folder(manager_module) -> None:
         if ours not in {os.path.abspath(str(p)) for p in paths}:
             # ours first: paths given by the user come later and take precedence
             paths = [ours, *paths]
-        original_init(self, *args, include_path=paths, **kwargs)
+        bound.arguments["include_path"] = paths
+        original_init(*bound.args, **bound.kwargs)
 
     __init__._lmeval_ctx = True
     __init__.__wrapped__ = original_init
@@ -55,9 +63,18 @@ def add_task_folder(manager_module) -> None:
     task_manager.__init__ = __init__
 
 
+# -- RULER on GGUF models: synthetic data sized with the model's own tokenizer ----------------
+def ruler_gguf_tokenizer(common_utils_module) -> None:
+    """Let lm-eval's RULER tasks size their data with a GGUF model's own tokenizer."""
+    from lmeval_ctx.ruler_gguf import use_gguf_tokenizer
+
+    use_gguf_tokenizer(common_utils_module)
+
+
 _POST_IMPORT = {
     "lm_eval.models": register_models,
     "lm_eval.tasks.manager": add_task_folder,
+    "lm_eval.tasks.ruler.common_utils": ruler_gguf_tokenizer,
 }
 
 
