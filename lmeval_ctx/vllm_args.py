@@ -9,9 +9,15 @@ and the window from ``max_model_len``. The same resolution and validation as
   ``dynamic_ntk``: ``rope_type: dynamic`` (``max_position_embeddings`` set to the
   original length, which vLLM reads as such); ``ntk``: the default rope type with
   ``rope_theta`` scaled by ``s^(d/(d-2))``.
+- ``llama3``: ``rope_type: llama3`` with its options; ``rope_theta=``: the base override,
+  written into ``rope_parameters`` (with ``scaling=none`` too).
 - per-layer-type models (Gemma 3): only the layer types ``ctx-hf`` scales are
   scaled (``scale_layer_types`` as for ``ctx-hf``).
-- ALiBi models are refused: vLLM has no slope override to carry NTK-ALiBi.
+- Refused with a clear error: ALiBi models (vLLM has no slope override to carry
+  NTK-ALiBi); the attention-level methods and ``logn`` (they replace transformers'
+  attention function, which vLLM does not run); ``ntk_by_parts`` (vLLM's YaRN reads its
+  temperature from ``attn_factor``, multiplied into its own ``0.1 ln s + 1``, not from
+  transformers' ``attention_factor``, so the override would silently keep the temperature).
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ import copy
 from lmeval_ctx.extension import ContextExtension, text_config
 from lmeval_ctx.lifecycle import EXTENSION_ARGS as LIFECYCLE_ARGS
 from lmeval_ctx.lifecycle import extend
+from lmeval_ctx.methods import ATTENTION_METHODS
+
+# RoPE methods whose rope_parameters vLLM would read differently from transformers, and why.
+VLLM_REFUSED_METHODS = {
+    "ntk_by_parts": "vLLM's YaRN takes its attention temperature from 'attn_factor' (times its own 0.1 ln s + 1), "
+                    "not transformers' attention_factor=1 that ntk_by_parts writes, so vLLM would run YaRN with "
+                    "its temperature.",
+}
 
 # ctx-hf's extension arguments ctx-vllm takes; the window is vLLM's max_model_len.
 EXTENSION_ARGS = tuple(name for name in LIFECYCLE_ARGS if name != "max_length")
@@ -45,11 +59,17 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
             f"ctx-vllm applies RoPE methods only; {ext.model_type} uses ALiBi, whose slopes vLLM cannot be told to "
             "change. Run ALiBi methods with --model ctx-hf."
         )
+    if ext.attention_level:
+        what = "logn=true" if ext.method not in ATTENTION_METHODS else f"scaling={ext.method}"
+        raise ValueError(f"{what} changes the attention computation, which ctx-vllm cannot reach (vLLM runs its own "
+                         "attention kernels). Run it with --model ctx-hf.")
+    if ext.method in VLLM_REFUSED_METHODS:
+        raise ValueError(f"scaling={ext.method}: {VLLM_REFUSED_METHODS[ext.method]} Run it with --model ctx-hf.")
     overrides = copy.deepcopy(hf_overrides) if hf_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"hf_overrides must be a dict of config fields; got {type(hf_overrides).__name__}.")
     engine: dict = {}
-    if ext.method != "none":
+    if ext.method != "none" or "rope_theta" in ext.options:
         clash = {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"} & set(overrides)
         if clash:
             raise ValueError(f"hf_overrides sets {', '.join(sorted(clash))} while scaling={ext.method} sets the "

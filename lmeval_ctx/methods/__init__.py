@@ -1,7 +1,9 @@
 """Context-extension methods as pure functions, one registry per position family.
 
 The maths lives in :mod:`lmeval_ctx.methods.rope` (what goes into a transformers
-``rope_parameters`` dict) and :mod:`lmeval_ctx.methods.alibi` (ALiBi slopes).
+``rope_parameters`` dict), :mod:`lmeval_ctx.methods.attention` (the relative position
+attention-level methods assign to each query-key pair) and :mod:`lmeval_ctx.methods.alibi`
+(ALiBi slopes).
 This module holds the one vocabulary both families share and its validation.
 Nothing here imports lm-eval or transformers' model classes.
 """
@@ -11,8 +13,21 @@ from __future__ import annotations
 import math
 
 # The user-facing names; the aliases map onto them.
-METHOD_NAMES = ("none", "pi", "ntk", "dynamic_ntk", "yarn")
-METHOD_ALIASES = {"linear": "pi", "dynamic": "dynamic_ntk", "ntk_alibi": "ntk"}
+# Attention-level methods (RoPE models): they keep the frequencies and change the relative
+# position each query-key pair is given (and, for lm_infinite, which keys a query sees).
+ATTENTION_METHODS = ("rerope", "leaky_rerope", "self_extend", "lm_infinite")
+# Their options (the registry in lmeval_ctx.methods.attention validates the values).
+ATTENTION_METHOD_OPTIONS = {
+    "rerope": frozenset({"window"}),
+    "leaky_rerope": frozenset({"window", "leak"}),
+    "self_extend": frozenset({"group_size", "neighbor_window"}),
+    "lm_infinite": frozenset({"global_tokens", "local_window"}),
+}
+# Methods for RoPE models only.
+ROPE_ONLY_METHODS = ("yarn", "llama3", "ntk_by_parts") + ATTENTION_METHODS
+
+METHOD_NAMES = ("none", "pi", "ntk", "dynamic_ntk", "yarn", "llama3", "ntk_by_parts") + ATTENTION_METHODS
+METHOD_ALIASES = {"linear": "pi", "dynamic": "dynamic_ntk", "ntk_alibi": "ntk", "selfextend": "self_extend"}
 ALL_METHOD_SPELLINGS = METHOD_NAMES + tuple(METHOD_ALIASES)
 
 # Methods whose position scaling depends on the current sequence length, so a
@@ -41,9 +56,11 @@ def canonical_method(scaling: str | None, *, family: str | None = None) -> str:
             "scaling='ntk_alibi' is the ALiBi form of NTK scaling, but this model uses RoPE. "
             "Use scaling=ntk for NTK-aware RoPE scaling."
         )
-    if family == "alibi" and method == "yarn":
+    if family == "alibi" and method in ROPE_ONLY_METHODS:
+        what = ("changes the relative positions RoPE rotates by" if method in ATTENTION_METHODS
+                else "rescales RoPE frequencies")
         raise ValueError(
-            "scaling='yarn' rescales RoPE frequencies and has no ALiBi form; this model uses ALiBi. "
+            f"scaling={method!r} {what} and has no ALiBi form here; this model uses ALiBi. "
             "Use scaling=pi (slope interpolation), ntk (NTK-ALiBi) or dynamic_ntk."
         )
     return method

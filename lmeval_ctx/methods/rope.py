@@ -13,7 +13,13 @@ project's docs/methods.md. References:
   Positional Interpolation", arXiv:2306.15595.
 - NTK-aware and dynamic NTK: bloc97 and emozilla (reddit r/LocalLLaMA, 2023).
 - YaRN: Peng et al. 2023, "YaRN: Efficient Context Window Extension of Large
-  Language Models", arXiv:2309.00071.
+  Language Models", arXiv:2309.00071; NTK-by-parts (bloc97) is its frequency
+  ramp without the attention temperature.
+- llama3: Meta's Llama 3.1 rope scaling (transformers ``llama3`` rope type).
+
+Two modifiers combine with every method: ``rope_theta`` (a base override, as
+HELMET offers, applied to the base parameters before the method) and ``logn``
+(log-n query scaling, applied in attention by :mod:`lmeval_ctx.attention_patch`).
 """
 
 from __future__ import annotations
@@ -95,6 +101,38 @@ def yarn_rope_parameters(base: dict, factor: float, original_max_position_embedd
     return params
 
 
+def llama3_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
+                           rotary_dim: int, options: dict) -> dict:
+    """Llama 3.1's scaling (transformers ``llama3``): wavelengths above ``L/low_freq_factor``
+    divided by ``factor``, below ``L/high_freq_factor`` kept, a smooth ramp between."""
+    return {
+        **base,
+        "rope_type": "llama3",
+        "factor": float(factor),
+        "low_freq_factor": llama3_option(options, "low_freq_factor"),
+        "high_freq_factor": llama3_option(options, "high_freq_factor"),
+        "original_max_position_embeddings": int(original_max_position_embeddings),
+    }
+
+
+def ntk_by_parts_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
+                                 rotary_dim: int, options: dict) -> dict:
+    """NTK-by-parts (bloc97; Peng et al. 2023, section 3.2): YaRN's per-frequency ramp between
+    PI and no change, without YaRN's attention temperature (transformers ``yarn`` with
+    ``attention_factor=1``)."""
+    params = yarn_rope_parameters(base, factor, original_max_position_embeddings, rotary_dim,
+                                  {k: options.get(k) for k in ("beta_fast", "beta_slow")})
+    params["attention_factor"] = 1.0
+    return params
+
+
+def attention_method_rope_parameters(base: dict, factor: float | None, original_max_position_embeddings: int,
+                                     rotary_dim: int, options: dict) -> dict:
+    """Attention-level methods (:mod:`lmeval_ctx.methods.attention`) keep the base frequencies:
+    the default rope type (replacing a shipped scaling only with ``replace_rope_scaling``)."""
+    return {**base, "rope_type": "default"}
+
+
 RopeMethod = Callable[[dict, float, int, int, dict], dict]
 
 # The methods that change the frequencies (``none`` leaves the config as it is).
@@ -103,7 +141,16 @@ ROPE_METHODS: dict[str, RopeMethod] = {
     "ntk": ntk_rope_parameters,
     "dynamic_ntk": dynamic_ntk_rope_parameters,
     "yarn": yarn_rope_parameters,
+    "llama3": llama3_rope_parameters,
+    "ntk_by_parts": ntk_by_parts_rope_parameters,
 }
+
+LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}  # Llama 3.1's
+
+
+def llama3_option(options: dict, key: str) -> float:
+    """``options[key]``, or Llama 3.1's value where not given."""
+    return float(LLAMA3_DEFAULTS[key] if options.get(key) is None else options[key])
 
 # Options a method accepts beyond factor and the original length.
 ROPE_METHOD_OPTIONS: dict[str, frozenset[str]] = {
@@ -112,27 +159,52 @@ ROPE_METHOD_OPTIONS: dict[str, frozenset[str]] = {
     "ntk": frozenset(),
     "dynamic_ntk": frozenset(),
     "yarn": frozenset({"beta_fast", "beta_slow", "attention_factor"}),
+    "llama3": frozenset({"low_freq_factor", "high_freq_factor"}),
+    "ntk_by_parts": frozenset({"beta_fast", "beta_slow"}),
 }
 
+# Options every RoPE method takes: a base override (applied before the method) and log-n
+# query scaling (a boolean, applied in attention).
+MODIFIER_OPTIONS = frozenset({"rope_theta", "logn"})
+# The options above that are positive numbers (the attention methods' own are checked by their registry).
+POSITIVE_NUMBER_OPTIONS = frozenset().union(*ROPE_METHOD_OPTIONS.values(), {"rope_theta"})
 
-def validate_rope_options(method: str, options: dict) -> None:
-    """Raise ValueError for options the method does not take or values out of range."""
+
+def validate_rope_options(method: str, options: dict, method_options: dict | None = None) -> None:
+    """Raise ValueError for options the method does not take or values out of range.
+
+    ``method_options``: the options table to read (default :data:`ROPE_METHOD_OPTIONS`; the
+    caller passes one extended with the attention-level methods' options).
+    """
+    table = ROPE_METHOD_OPTIONS if method_options is None else method_options
     given = {k for k, v in options.items() if v is not None}
-    unexpected = given - ROPE_METHOD_OPTIONS[method]
+    unexpected = given - table[method] - MODIFIER_OPTIONS
     if unexpected:
+        takers = [m for m, keys in table.items() if keys & unexpected]  # the table's order
         raise ValueError(
-            f"{', '.join(sorted(unexpected))} only apply to scaling=yarn, not scaling={method}. "
-            "Remove them or use scaling=yarn."
+            f"{', '.join(sorted(unexpected))} only apply to scaling={' or '.join(takers) or '(no method)'}, "
+            f"not scaling={method}. Remove them or use one of those methods."
         )
-    for key in sorted(given):
+    for key in sorted(given & POSITIVE_NUMBER_OPTIONS):
         try:
             value = float(options[key])
         except (TypeError, ValueError):
             raise ValueError(f"{key}={options[key]!r} is not a number.") from None
-        if value <= 0:
+        if not value > 0:
             raise ValueError(f"{key}={options[key]!r} must be > 0.")
+        if value == float("inf"):
+            raise ValueError(f"{key}={options[key]!r} must be a finite number.")
     if "beta_fast" in given and "beta_slow" in given and float(options["beta_fast"]) <= float(options["beta_slow"]):
         raise ValueError(
             f"beta_fast={options['beta_fast']} must be larger than beta_slow={options['beta_slow']} "
             "(YaRN defaults: beta_fast=32, beta_slow=1)."
         )
+    if method == "llama3":
+        low = llama3_option(options, "low_freq_factor")
+        high = llama3_option(options, "high_freq_factor")
+        if high <= low:
+            raise ValueError(
+                f"high_freq_factor={high:g} must be larger than low_freq_factor={low:g} (llama3 ramps between the "
+                "wavelengths L/high_freq_factor and L/low_freq_factor; Llama 3.1 uses low_freq_factor=1, "
+                "high_freq_factor=4)."
+            )

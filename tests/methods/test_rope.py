@@ -175,3 +175,66 @@ def test_the_docstrings_cite_the_repository_and_the_papers():
     assert "docs/methods.md" in rope.__doc__
     for citation in ("arXiv:2306.15595", "arXiv:2309.00071"):
         assert citation in rope.__doc__
+
+
+def llama3_formula(factor: float, low: float, high: float) -> torch.Tensor:
+    """Llama 3.1: wavelengths below L/high kept, above L/low divided by factor, and between them
+    theta' = (1 - m) theta/factor + m theta with m = (L/wavelength - low)/(high - low)."""
+    theta = formula_theta()
+    wavelength = 2 * math.pi / theta
+    smooth = ((L / wavelength - low) / (high - low))
+    ramp = (1 - smooth) * theta / factor + smooth * theta
+    return torch.where(wavelength < L / high, theta, torch.where(wavelength > L / low, theta / factor, ramp))
+
+
+@pytest.mark.parametrize("factor, options, low, high", [(8.0, {}, 1.0, 4.0),
+                                                        (4.0, {"low_freq_factor": 2.0, "high_freq_factor": 8.0}, 2.0, 8.0)])
+def test_llama3_matches_transformers_and_the_formula(factor, options, low, high):
+    params = scaled("llama3", factor, options)
+    assert params == {"rope_theta": THETA, "rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                      "high_freq_factor": high, "original_max_position_embeddings": L}
+    inv, attention = transformers_inv_freq(params)
+    torch.testing.assert_close(inv.double(), llama3_formula(factor, low, high), rtol=1e-5, atol=0)
+    assert attention == 1.0
+
+
+@pytest.mark.parametrize("factor", [2.0, 8.0])
+def test_ntk_by_parts_is_yarns_frequencies_without_its_temperature(factor):
+    options = {"beta_fast": 16.0, "beta_slow": 2.0}
+    params = scaled("ntk_by_parts", factor, options)
+    assert params["rope_type"] == "yarn" and params["attention_factor"] == 1.0
+    inv, attention = transformers_inv_freq(params)
+    yarn_inv, yarn_attention = transformers_inv_freq(scaled("yarn", factor, options))
+    torch.testing.assert_close(inv, yarn_inv, rtol=0, atol=0)
+    assert attention == 1.0 and yarn_attention == pytest.approx(0.1 * math.log(factor) + 1)
+
+
+@pytest.mark.parametrize("method", ["none", "ntk", "pi", "rerope"])
+def test_rope_theta_override_applies_before_the_method(method):
+    from lmeval_ctx.extension import apply_to_config, resolve_extension
+
+    config = llama_config({"rope_type": "default", "rope_theta": THETA})
+    request = {"scaling": method, "rope_theta": 500_000.0}
+    if method in ("ntk", "pi"):
+        request["factor"] = 4
+    if method == "rerope":
+        request["window"] = 256
+    apply_to_config(config, resolve_extension(config, **request))
+    written = config.rope_parameters
+    if method == "ntk":
+        assert written["rope_theta"] == pytest.approx(500_000.0 * 4 ** (HEAD_DIM / (HEAD_DIM - 2)))
+    else:
+        assert written["rope_theta"] == 500_000.0
+    assert written["rope_type"] == {"none": "default", "ntk": "default", "pi": "linear", "rerope": "default"}[method]
+
+
+def test_new_rope_option_validation():
+    with pytest.raises(ValueError, match=r"high_freq_factor=2 must be larger than low_freq_factor=2"):
+        validate_rope_options("llama3", {"low_freq_factor": 2, "high_freq_factor": 2})
+    with pytest.raises(ValueError, match="low_freq_factor only apply to scaling=llama3, not scaling=yarn"):
+        validate_rope_options("yarn", {"low_freq_factor": 1})
+    with pytest.raises(ValueError, match="attention_factor only apply to scaling=yarn, not scaling=ntk_by_parts"):
+        validate_rope_options("ntk_by_parts", {"attention_factor": 1})
+    with pytest.raises(ValueError, match="rope_theta=0 must be > 0"):
+        validate_rope_options("pi", {"rope_theta": 0})
+    validate_rope_options("pi", {"rope_theta": 1e6, "logn": True})  # modifiers combine with every method

@@ -109,3 +109,17 @@ def test_ctx_vllm_flags_are_parsed_booleans(tiny_model_dir):
         get_model("ctx-vllm")(pretrained=str(tiny_model_dir("llama")), trust_remote_code="maybe")
     with pytest.raises(ValueError, match="replace_rope_scaling='sure' is not a boolean"):
         vllm_engine_args(CONFIGS["llama"](), scaling="pi", factor=2, replace_rope_scaling="sure")
+
+
+def test_llama3_and_rope_theta_translate_and_attention_methods_are_refused(llama):
+    _, engine = vllm_engine_args(llama, scaling="llama3", factor=4, high_freq_factor=8)
+    assert engine["hf_overrides"]["rope_parameters"] == {
+        "rope_theta": 10000.0, "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 8.0, "original_max_position_embeddings": 128}
+    _, engine = vllm_engine_args(llama, rope_theta=5e5)  # the base override alone, with scaling=none
+    assert engine["hf_overrides"]["rope_parameters"] == {"rope_theta": 5e5, "rope_type": "default"}
+    for request, message in ((dict(scaling="self_extend", group_size=4, neighbor_window=32), "scaling=self_extend"),
+                             (dict(scaling="pi", factor=2, logn=True), "logn=true"),
+                             (dict(scaling="ntk_by_parts", factor=2), "attn_factor")):
+        with pytest.raises(ValueError, match=f"{message}.*--model ctx-hf"):
+            vllm_engine_args(llama, **request)

@@ -1,0 +1,229 @@
+"""Attention-level context-extension methods: the relative position each query-key pair gets.
+
+RoPE scores depend only on the relative position of query and key:
+``(R(a) q) . (R(b) k) = q . R(b - a) k``. Each method here keeps the model's frequencies
+and assigns every pair (query at position i, key at position j <= i) a relative position;
+some also hide keys. One function per method returns that assignment as a
+:class:`PositionAssignment`:
+
+- ``near``: the pairs that keep their true relative position ``i - j``;
+- ``query_position`` and ``key_position``: for the other pairs, the positions query and key
+  are rotated to, so their relative position is ``query_position - key_position`` (a
+  function of i alone minus a function of j alone, which is what lets
+  :mod:`lmeval_ctx.attention_patch` compute it with one extra rotation of the queries and
+  one of the keys, a block of queries at a time);
+- ``visible``: the keys a query may attend to (None: every earlier key).
+
+Methods (formulas and defaults: docs/attention_methods.md):
+
+- ``rerope`` (Su 2023, "Rectified Rotary Position Embeddings", kexue.fm/archives/9708):
+  ``rel = min(i - j, w)``.
+- ``leaky_rerope`` (same post): ``rel = i - j`` below ``w``, else ``w + (i - j - w) / k``.
+- ``self_extend`` (Jin et al. 2024, "LLM Maybe LongLM: Self-Extend LLM Context Window
+  Without Tuning", arXiv:2401.01325): ``rel = i - j`` inside the neighbour window ``w``, else
+  ``floor(i/G) - floor(j/G) + w - floor(w/G)``.
+- ``lm_infinite`` (Han et al. 2023, "LM-Infinite: Zero-Shot Extreme Length Generalization
+  for Large Language Models", arXiv:2308.16137): key j visible iff ``j < n_global`` or
+  ``i - j < n_local``; ``rel = min(i - j, L)``.
+
+Positions are tensors that broadcast against each other (queries ``(..., Q, 1)``, keys
+``(..., 1, K)``); nothing here imports transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS
+
+
+@dataclass(frozen=True)
+class PositionAssignment:
+    """What a method assigns to the pairs of query positions and key positions it was given."""
+
+    near: torch.Tensor  # bool: the pair keeps its true relative position
+    query_position: torch.Tensor  # the other pairs: the position the query is rotated to
+    key_position: torch.Tensor  # ... and the key's
+    visible: torch.Tensor | None = None  # bool: the key may be attended to (None: all earlier keys)
+
+
+def relative_positions(assignment: PositionAssignment, query_positions: torch.Tensor,
+                       key_positions: torch.Tensor) -> torch.Tensor:
+    """The relative position of every pair: ``i - j`` where near, else the rotated positions' difference."""
+    true = (query_positions - key_positions).to(torch.float64)
+    other = (assignment.query_position - assignment.key_position).to(torch.float64)
+    return torch.where(assignment.near, true, other)
+
+
+def rerope(query_positions, key_positions, *, window: int, original_length: int) -> PositionAssignment:
+    """ReRoPE (Su 2023): ``rel = min(i - j, w)``: the query at position ``w``, the key at 0."""
+    distance = query_positions - key_positions
+    return PositionAssignment(distance < window,
+                              torch.full_like(query_positions, window, dtype=torch.float64),
+                              torch.zeros_like(key_positions, dtype=torch.float64))
+
+
+def leaky_rerope(query_positions, key_positions, *, window: int, leak: float,
+                 original_length: int) -> PositionAssignment:
+    """Leaky ReRoPE (Su 2023): beyond ``w`` the relative position grows by ``1/k`` per token:
+    ``w + (i - j - w)/k = (i/k + w - w/k) - j/k``."""
+    distance = query_positions - key_positions
+    return PositionAssignment(distance < window,
+                              query_positions.to(torch.float64) / leak + window - window / leak,
+                              key_positions.to(torch.float64) / leak)
+
+
+def self_extend(query_positions, key_positions, *, group_size: int, neighbor_window: int,
+                original_length: int) -> PositionAssignment:
+    """SelfExtend (Jin et al. 2024): exact positions inside the neighbour window; beyond it
+    grouped positions ``floor(i/G)`` and ``floor(j/G)``, the queries' shifted by
+    ``w - floor(w/G)`` so the grouped distances continue the window."""
+    distance = query_positions - key_positions
+    shift = neighbor_window - neighbor_window // group_size
+    return PositionAssignment(distance < neighbor_window,
+                              torch.div(query_positions, group_size, rounding_mode="floor").to(torch.float64) + shift,
+                              torch.div(key_positions, group_size, rounding_mode="floor").to(torch.float64))
+
+
+def lm_infinite(query_positions, key_positions, *, global_tokens: int, local_window: int,
+                original_length: int) -> PositionAssignment:
+    """LM-Infinite (Han et al. 2023): the Λ-shaped mask (the first ``global_tokens`` positions
+    and the last ``local_window`` keys) and the distance ceiling ``rel = min(i - j, L)``."""
+    distance = query_positions - key_positions
+    visible = (distance < local_window) | (key_positions < global_tokens)
+    return PositionAssignment(distance <= original_length,
+                              torch.full_like(query_positions, original_length, dtype=torch.float64),
+                              torch.zeros_like(key_positions, dtype=torch.float64), visible)
+
+
+@dataclass(frozen=True)
+class AttentionMethod:
+    """One registry entry: the assignment, and the largest distance it leaves as it is."""
+
+    assign: Callable[..., PositionAssignment]
+    # A relative distance up to which every pair keeps its true position and every key stays
+    # visible (from the resolved options and the original length): an input whose distances
+    # stay within it is attended exactly as without the method.
+    unchanged_up_to: Callable[[dict, int], float]
+
+
+ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
+    "rerope": AttentionMethod(rerope, lambda o, L: o["window"]),
+    "leaky_rerope": AttentionMethod(leaky_rerope, lambda o, L: o["window"]),
+    "self_extend": AttentionMethod(self_extend,
+                                   lambda o, L: math.inf if o["group_size"] == 1 else o["neighbor_window"] - 1),
+    "lm_infinite": AttentionMethod(lm_infinite, lambda o, L: min(o["local_window"] - 1, L)),
+}
+assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS
+
+
+def assign_positions(method: str, options: dict, original_length: int, query_positions, key_positions
+                     ) -> PositionAssignment:
+    """``method``'s assignment for these positions, with its resolved ``options``."""
+    own = {key: options[key] for key in ATTENTION_METHOD_OPTIONS[method]}
+    return ATTENTION_METHOD_REGISTRY[method].assign(query_positions, key_positions, original_length=original_length,
+                                                    **own)
+
+
+# Architectures whose attention goes through transformers' attention-function registry with the
+# rotate-half RoPE layout, one rotary embedding for all layers, and position_ids passed to the
+# attention function: where lmeval_ctx.attention_patch applies these methods and log-n scaling.
+ATTENTION_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3")
+
+
+def check_architecture(what: str, model_type: str) -> None:
+    """ValueError unless ``model_type`` is one of :data:`ATTENTION_ARCHITECTURES`."""
+    if model_type not in ATTENTION_ARCHITECTURES:
+        raise ValueError(
+            f"{what} changes attention, which is implemented here for {', '.join(ATTENTION_ARCHITECTURES)} "
+            f"(transformers' attention-function registry, rotate-half RoPE, one rotary embedding); this model is "
+            f"{model_type}. Use a RoPE rescaling (pi, ntk, dynamic_ntk, yarn, llama3, ntk_by_parts) instead.")
+
+
+# Defaults from the papers: LM-Infinite's n_global = 10 (they report 10 to 100 all work) and
+# n_local = the trained length.
+LM_INFINITE_GLOBAL_TOKENS = 10
+
+
+def _whole(value, name: str, minimum: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a whole number.") from None
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise ValueError(f"{name}={value!r} must be a whole number >= {minimum}.")
+    return int(number)
+
+
+def _required(method: str, options: dict, name: str, example: str):
+    if options.get(name) is None:
+        raise ValueError(f"scaling={method} needs {name}=<...>: {example}")
+    return options[name]
+
+
+def resolve_attention_options(method: str, options: dict, original_length: int | None,
+                              max_length: int | None) -> dict:
+    """``method``'s options validated, with the papers' defaults filled in; ValueError naming the fix."""
+    if original_length is None:
+        raise ValueError(f"scaling={method} needs the trained context length; pass original_max_length=<tokens>.")
+    L = original_length
+    out: dict = {}
+    if method in ("rerope", "leaky_rerope"):
+        window = _whole(_required(method, options, "window",
+                                  f"the distance beyond which relative positions are capped, below "
+                                  f"original_max_length={L} (e.g. window={max(1, L // 4)})."), "window", 1)
+        if window >= L:
+            raise ValueError(f"window={window} must be smaller than original_max_length={L}: the capped relative "
+                             f"position w must be one the model was trained on. Use window <= {L - 1}.")
+        out["window"] = window
+    if method == "leaky_rerope":
+        leak = options.get("leak")
+        if leak is None:
+            if max_length is None:
+                raise ValueError(
+                    "scaling=leaky_rerope needs leak=<k> (relative positions beyond window grow by 1/k per token), "
+                    "or max_length=<evaluated window>, from which k = (max_length - 1 - window)/"
+                    "(original_max_length - 1 - window) maps the largest distance onto the largest trained one.")
+            leak = (max_length - 1 - window) / (L - 1 - window)
+        try:
+            leak = float(leak)
+        except (TypeError, ValueError):
+            raise ValueError(f"leak={options.get('leak')!r} is not a number.") from None
+        if not math.isfinite(leak) or leak < 1:
+            raise ValueError(f"leak={leak:g} must be a finite number >= 1 (k=1 is no change; with max_length, the "
+                             "default k = (max_length - 1 - window)/(original_max_length - 1 - window) is < 1 when the "
+                             "window is inside the trained length: use scaling=none there).")
+        out["leak"] = leak
+        if max_length is not None and window + (max_length - 1 - window) / leak > L - 1 + 1e-9:
+            raise ValueError(f"leak={leak:g} with window={window} reaches relative position "
+                             f"{window + (max_length - 1 - window) / leak:.1f} at max_length={max_length}, beyond the "
+                             f"trained {L - 1}. Use leak >= {(max_length - 1 - window) / (L - 1 - window):.4g}.")
+    if method == "self_extend":
+        group = _whole(_required(method, options, "group_size", "the number of positions merged into one beyond "
+                                 "the neighbour window (e.g. group_size=4)."), "group_size", 1)
+        neighbors = _whole(_required(method, options, "neighbor_window", "the distance inside which positions "
+                                     f"stay exact, below original_max_length={L} (e.g. neighbor_window="
+                                     f"{max(1, L // 8)})."), "neighbor_window", 1)
+        if neighbors >= L:
+            raise ValueError(f"neighbor_window={neighbors} must be smaller than original_max_length={L} (beyond it "
+                             f"positions are grouped; a window of {L} or more leaves distances the model never saw).")
+        if max_length is not None:
+            furthest = (max_length - 1) // group + neighbors - neighbors // group
+            if furthest > L - 1:
+                raise ValueError(
+                    f"group_size={group}, neighbor_window={neighbors} reach relative position {furthest} at "
+                    f"max_length={max_length}, beyond the trained {L - 1}: SelfExtend's reach is about "
+                    f"(L - w)*G + w = {(L - neighbors) * group + neighbors}. "
+                    "Raise group_size or lower neighbor_window.")
+        out.update(group_size=group, neighbor_window=neighbors)
+    if method == "lm_infinite":
+        given_global = options.get("global_tokens")
+        given_local = options.get("local_window")
+        out["global_tokens"] = (LM_INFINITE_GLOBAL_TOKENS if given_global is None
+                                else _whole(given_global, "global_tokens", 0))
+        out["local_window"] = L if given_local is None else _whole(given_local, "local_window", 1)
+    return out
