@@ -51,12 +51,15 @@ def test_only_the_full_attention_layers_are_scaled(tiny_model_dir, monkeypatch):
     logged = logging.Handler(logging.INFO)
     logged.emit = lambda record: messages.append(record.getMessage())
     messages = []
-    monkeypatch.setattr(wrapper.eval_logger, "level", logging.INFO)
+    # setLevel, not the attribute: it clears the logger's cache of earlier isEnabledFor answers
+    level = wrapper.eval_logger.level
+    wrapper.eval_logger.setLevel(logging.INFO)
     wrapper.eval_logger.addHandler(logged)
     try:
         lm = ctx_hf(folder, scaling="yarn", factor=4)
     finally:
         wrapper.eval_logger.removeHandler(logged)
+        wrapper.eval_logger.setLevel(level)
     (line,) = [message for message in messages if message.startswith("lmeval-ctx context extension")]
     assert "'scaled_layer_types': ['full_attention']" in line and "'kept_layer_types': {'sliding_attention'" in line
     reference = by_hand(folder, {SLIDING: {"rope_type": "default", "rope_theta": BASES[SLIDING]}, FULL: yarn(BASES[FULL])})
