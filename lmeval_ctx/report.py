@@ -922,7 +922,6 @@ def write_report(folders: list[str | Path], output: str | Path, log=print,
         writer.writerow(table.csv_header)
         writer.writerows(table.csv_rows)
     files = [output / "leaderboard.md", output / "leaderboard.csv"]
-    skipped = []
     for run in runs:
         if not run.passkey:
             continue
@@ -930,7 +929,6 @@ def write_report(folders: list[str | Path], output: str | Path, log=print,
         if grid is None:
             message = (f"{run.model}, {run.label}: no passkey samples (run lm_eval with --log_samples); "
                        "heatmap skipped")
-            skipped.append(message)
             log(message)
             continue
         path = output / f"passkey_heatmap_{row_slug(run, runs)}.png"
@@ -940,4 +938,4 @@ def write_report(folders: list[str | Path], output: str | Path, log=print,
     page = output / "index.html"
     report_page.write_page(page, table, runs, [p for p in files if p.suffix == ".png"], text)
     files.append(page)
-    return {"table": text, "files": files, "skipped": skipped, "runs": runs, "leaderboard": table}
+    return {"table": text, "files": files, "runs": runs, "leaderboard": table}
