@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--log_samples", action="store_true", help="as lm_eval --log_samples")
     sweep.add_argument("--seed", default=None, help="one number, or python,numpy,torch,fewshot seeds")
     sweep.add_argument("--metadata", default=None, help="JSON passed to the tasks, as lm_eval --metadata")
+    sweep.add_argument("--include_path", default=None,
+                       help="as lm_eval --include_path: a folder of your own task YAMLs (comma-separated for several)")
+    sweep.add_argument("--samples", default=None,
+                       help='as lm_eval --samples: JSON {"task": [document indices]} (not with --limit)')
+    sweep.add_argument("--gen_kwargs", default=None, help="as lm_eval --gen_kwargs, e.g. max_gen_toks=16")
     sweep.add_argument("--overwrite", action="store_true",
                        help="re-run points whose folders were run with other settings (their old output is "
                             "moved to OUTPUT_PATH.replaced/) instead of stopping")
@@ -93,6 +98,14 @@ def _sweep(parser: argparse.ArgumentParser, args) -> int:
         fail(f"--metadata is not valid JSON: {error}")
     if metadata is not None and not isinstance(metadata, dict):
         fail("--metadata must be a JSON object, e.g. '{\"lengths\": [4096]}'")
+    try:
+        samples = json.loads(args.samples) if args.samples else None
+    except json.JSONDecodeError as error:
+        fail(f"--samples is not valid JSON: {error}")
+    if samples is not None and not (isinstance(samples, dict) and all(
+            isinstance(v, list) and all(isinstance(i, int) for i in v) for v in samples.values())):
+        fail('--samples must be a JSON object of document index lists, e.g. \'{"niah_single_1": [0, 1]}\'')
+    include_path = [folder for folder in (args.include_path or "").split(",") if folder]
     from lm_eval.utils import simple_parse_args_string
 
     model_args = simple_parse_args_string(args.model_args)
@@ -106,7 +119,8 @@ def _sweep(parser: argparse.ArgumentParser, args) -> int:
         points = sweep_points(args.methods, args.factor, log=log)
         outcomes = run_sweep(model_args, points, [t for t in args.tasks.split(",") if t], args.output_path,
                              batch_size=batch_size, device=args.device, limit=limit, log_samples=args.log_samples,
-                             seed=args.seed, metadata=metadata, overwrite=args.overwrite, log=log)
+                             seed=args.seed, metadata=metadata, overwrite=args.overwrite,
+                             include_path=include_path, samples=samples, gen_kwargs=args.gen_kwargs, log=log)
     except OutputPathError as error:  # not a usage error: the place cannot hold files
         parser.exit(1, f"lmeval-ctx sweep: error: {error}\n")
     except ValueError as error:

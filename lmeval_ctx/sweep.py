@@ -133,15 +133,16 @@ def _number(text):
         return text  # validate_factor names it
 
 
-@lru_cache(maxsize=1)
-def _task_manager():
-    """lm-eval's task index (plugin tasks included), built once per process: it takes seconds."""
+@lru_cache(maxsize=4)
+def _task_manager(include_path: tuple[str, ...] = ()):
+    """lm-eval's task index (plugin tasks and ``include_path`` included), built once per process:
+    it takes seconds."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    return TaskManager(include_path=list(include_path) or None)
 
 
-def point_task_manager(metadata: dict):
+def point_task_manager(metadata: dict, include_path: tuple[str, ...] = ()):
     """The TaskManager ``simple_evaluate`` would build for one point, sharing the process's task index.
 
     ``simple_evaluate`` builds a TaskManager with the model args and metadata whenever it is
@@ -156,7 +157,7 @@ def point_task_manager(metadata: dict):
         from lm_eval.tasks._factory import TaskFactory
     except ImportError:
         return None
-    base = _task_manager()
+    base = _task_manager(include_path)
     if not hasattr(base, "_factory"):
         return None
     manager = copy.copy(base)
@@ -165,17 +166,17 @@ def point_task_manager(metadata: dict):
     return manager
 
 
-def check_tasks(tasks: list[str]) -> None:
+def check_tasks(tasks: list[str], include_path: tuple[str, ...] = ()) -> None:
     """Unknown task names are an error before anything is loaded."""
-    manager = _task_manager()
+    manager = _task_manager(include_path)
     unknown = [task for task in tasks if not manager.match_tasks([task])]
     if unknown:
         raise ValueError(f"Unknown task(s): {', '.join(unknown)}. See `lm_eval ls tasks` (ours: passkey*, longppl*).")
 
 
-def task_versions(tasks: list[str]) -> dict:
+def task_versions(tasks: list[str], include_path: tuple[str, ...] = ()) -> dict:
     """``{task: version}`` for every task, group or tag the names match (lm-eval's ``metadata.version``)."""
-    manager = _task_manager()
+    manager = _task_manager(include_path)
     versions = {}
     for task in tasks:
         for name in manager.match_tasks([task]):
@@ -291,14 +292,21 @@ def _plain(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def sweep_request(model_args: dict, tasks: list[str], *, limit, seeds, metadata) -> dict:
-    """The part of every point's manifest that is compared on resume (the method is added per point)."""
+def sweep_request(model_args: dict, tasks: list[str], *, limit, seeds, metadata, include_path=(),
+                  samples=None, gen_kwargs=None) -> dict:
+    """The part of every point's manifest that is compared on resume (the method is added per point).
+
+    ``include_path``, ``samples`` and ``gen_kwargs`` enter it only when given, so a sweep without
+    them compares equal to manifests written before they existed.
+    """
     compared_args = {key: value for key, value in model_args.items()
                      if key not in PLACEMENT_ARGS and key != "pretrained"}
+    passed = {"include_path": list(include_path) or None, "samples": samples, "gen_kwargs": gen_kwargs}
     return _plain({
+        **{key: value for key, value in passed.items() if value is not None},
         "model": model_identity(model_args),
         "model_args": compared_args,
-        "tasks": task_versions(tasks),
+        "tasks": task_versions(tasks, tuple(include_path)),
         "metadata": metadata or {},
         "limit": limit,
         "seed": seeds,
@@ -438,11 +446,13 @@ def _move_aside(folder: Path, output_path: Path, point: SweepPoint) -> Path:
 
 def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], output_path, *, batch_size=1,
               device=None, limit=None, log_samples=False, seed=None, metadata=None, overwrite=False,
-              log=print) -> list[dict]:
+              include_path=None, samples=None, gen_kwargs=None, log=print) -> list[dict]:
     """Run every point of the grid; return ``{point, status, folder, error}`` per point.
 
     ``device=None`` is lm_eval's default device. ``overwrite`` re-runs points whose manifest
     differs from the request (their old output moved aside) instead of raising ResumeConflict.
+    ``include_path`` (task folders), ``samples`` (``{task: [document indices]}``) and
+    ``gen_kwargs`` (``"key=value,..."``) mean what they mean to ``lm_eval``.
     """
     clashes = [key for key in PER_POINT_ARGS if key in model_args]
     if clashes:
@@ -451,10 +461,18 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
     if "pretrained" not in model_args:
         raise ValueError("--model_args needs pretrained=<model>.")
     seeds = parse_seed(seed)
-    check_tasks(tasks)
+    if limit is not None and samples is not None:
+        raise ValueError("--limit and --samples cannot be combined (as in lm_eval): keep one of them.")
+    chosen_samples = samples  # lm_eval's --samples; the name samples is taken by each point's logged samples
+    include_path = tuple(str(Path(folder).resolve()) for folder in (include_path or ()))
+    missing = [folder for folder in include_path if not Path(folder).is_dir()]
+    if missing:
+        raise ValueError(f"--include_path {', '.join(missing)}: no such folder.")
+    check_tasks(tasks, include_path)
     output_path = Path(output_path)
     check_output_path(output_path, points)
-    shared = sweep_request(model_args, tasks, limit=limit, seeds=seeds, metadata=metadata)
+    shared = sweep_request(model_args, tasks, limit=limit, seeds=seeds, metadata=metadata,
+                           include_path=include_path, samples=samples, gen_kwargs=gen_kwargs)
 
     outcomes, pending, conflicts, moves = {}, [], [], []
     for point in points:
@@ -503,9 +521,9 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
             tracker = EvaluationTracker(output_path=str(folder))
             point_args = {**model_args, **point.model_args}
             results = lm_eval.simple_evaluate(
-                model=lm, model_args=point_args, tasks=tasks, limit=limit,
-                log_samples=log_samples, evaluation_tracker=tracker, metadata=metadata,
-                task_manager=point_task_manager(point_args | (metadata or {})),
+                model=lm, model_args=point_args, tasks=tasks, limit=limit, samples=chosen_samples,
+                gen_kwargs=gen_kwargs, log_samples=log_samples, evaluation_tracker=tracker, metadata=metadata,
+                task_manager=point_task_manager(point_args | (metadata or {}), include_path),
                 random_seed=seeds[0], numpy_random_seed=seeds[1], torch_random_seed=seeds[2],
                 fewshot_random_seed=seeds[3],
             )

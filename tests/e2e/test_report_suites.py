@@ -1,18 +1,16 @@
-"""lmeval-ctx report on results written by real lm_eval runs: RULER, passkey and a short task.
+"""lmeval-ctx report on results written by a real sweep: RULER, passkey and a short task.
 
 A tiny local model runs lm-eval's own RULER task niah_single_1 (its "repeat" haystack
 builds offline) at two lengths, our configurable passkey at the same lengths and a
-tiny multiple-choice task with local data, with scaling none and yarn x2, through
-lm_eval's command line (in this process, to share the imports). RULER takes its
-lengths from --metadata max_seq_lengths, which every task of a run receives and
-passkey refuses, so RULER and the others are separate runs; the report joins them.
+tiny multiple-choice task with local data (--include_path), with scaling none and
+yarn x2, in one ``lmeval-ctx sweep`` (in this process, to share the imports): RULER
+reads its lengths from --metadata max_seq_lengths, passkey from lengths.
 """
 
 import csv
 import json
 import math
 import shutil
-import sys
 
 import pytest
 
@@ -40,18 +38,6 @@ metadata:
 """
 
 
-def lm_eval(*args) -> None:
-    from lm_eval._cli import HarnessCLI
-
-    saved = sys.argv
-    sys.argv = ["lm_eval", *args]
-    try:
-        cli = HarnessCLI()
-        cli.execute(cli.parse_args())
-    finally:
-        sys.argv = saved
-
-
 @pytest.fixture(scope="module")
 def output(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("report_suites")
@@ -62,15 +48,16 @@ def output(tiny_model_dir, tmp_path_factory):
     (tasks / "mc.jsonl").write_text("\n".join(json.dumps(doc) for doc in docs))
     (tasks / "tiny_mc.yaml").write_text(MC_TASK.format(data=tasks / "mc.jsonl"))
     model = tiny_model_dir("llama")
-    for method in ("scaling=none", "scaling=yarn,factor=2"):
-        common = ["--model", "ctx-hf", "--model_args", f"pretrained={model},dtype=float32,max_length=1024,{method}",
-                  "--include_path", str(tasks), "--device", "cpu", "--output_path", str(folder / "out"),
-                  "--log_samples"]
-        # RULER's samples are ordered by length (500 each): pick two of each length
-        lm_eval(*common, "--tasks", "niah_single_1", "--metadata", json.dumps({"max_seq_lengths": LENGTHS}),
-                "--samples", json.dumps({"niah_single_1": [0, 1, 500, 501]}), "--gen_kwargs", "max_gen_toks=12")
-        lm_eval(*common, "--tasks", "passkey,tiny_mc",
-                "--metadata", json.dumps({"lengths": LENGTHS, "num_samples": 2, "depths": 2}))
+    from lmeval_ctx.cli import main
+
+    # RULER's samples are ordered by length (500 each): pick two of each length
+    status = main(["sweep", "--model_args", f"pretrained={model},dtype=float32,max_length=1024",
+                   "--methods", "none,yarn", "--factor", "2", "--tasks", "niah_single_1,passkey,tiny_mc",
+                   "--include_path", str(tasks), "--device", "cpu", "--output_path", str(folder / "out"),
+                   "--log_samples", "--metadata",
+                   json.dumps({"max_seq_lengths": LENGTHS, "lengths": LENGTHS, "num_samples": 2, "depths": 2}),
+                   "--samples", json.dumps({"niah_single_1": [0, 1, 500, 501]}), "--gen_kwargs", "max_gen_toks=12"])
+    assert status == 0
     return folder / "out"
 
 
@@ -91,7 +78,7 @@ def csv_rows(report):
 def test_table_values_equal_the_results_json(output, tmp_path):
     written = write_report([output], tmp_path / "report", log=lambda message: None)
     rows = csv_rows(tmp_path / "report")
-    assert sorted(rows) == ["none", "yarn"] and len(written["runs"]) == 2  # four runs, two rows
+    assert sorted(rows) == ["none", "yarn"] and len(written["runs"]) == 2  # two sweep points, two rows
     for method, results in results_by_method(output).items():
         row = rows[method]
         for n in LENGTHS:

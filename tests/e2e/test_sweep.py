@@ -106,6 +106,12 @@ def test_bad_input_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):
         run_sweep({"pretrained": str(folder)}, sweep_points("pi", "2"), ["passkey_1k", "no_such_task"], tmp_path)
     with pytest.raises(ValueError, match="the sweep sets these per point"):
         run_sweep({"pretrained": str(folder), "scaling": "yarn"}, sweep_points("pi", "2"), ["passkey_1k"], tmp_path)
+    with pytest.raises(ValueError, match="--limit and --samples cannot be combined"):
+        run_sweep({"pretrained": str(folder)}, sweep_points("pi", "2"), ["passkey_1k"], tmp_path, limit=2,
+                  samples={"passkey_1k": [0]})
+    with pytest.raises(ValueError, match="--include_path .*no_such_folder: no such folder"):
+        run_sweep({"pretrained": str(folder)}, sweep_points("pi", "2"), ["passkey_1k"], tmp_path,
+                  include_path=[str(tmp_path / "no_such_folder")])
     assert counter.loads == 0
 
 
@@ -130,9 +136,9 @@ PG19 = "emozilla/pg19-test"
 
 
 def readme_sweep_example() -> tuple[list[str], list[str]]:
-    """The ``lmeval-ctx sweep`` and ``lmeval-ctx report`` commands of the README's sweep section."""
-    section = README.read_text().split("## Comparing methods", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    """The ``lmeval-ctx sweep`` and ``lmeval-ctx report`` commands of the README's sweep example."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    block = next(block for block in blocks if "lmeval-ctx sweep" in block)
     commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
     sweep = next(command for command in commands if command[:2] == ["lmeval-ctx", "sweep"])
     report = next(command for command in commands if command[:2] == ["lmeval-ctx", "report"])
