@@ -71,12 +71,10 @@ def check_task_keys(settings: dict, task_keys, *, task: str) -> None:
 def _model_config(pretrained: str, gguf_file: str | None, revision: str, trust_remote_code: bool, subfolder: str):
     from transformers import AutoConfig
 
-    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    if subfolder:
-        kwargs["subfolder"] = subfolder
-    return AutoConfig.from_pretrained(pretrained, **kwargs)
+    from lmeval_ctx.tokenizers import from_pretrained_kwargs
+
+    return AutoConfig.from_pretrained(pretrained, **from_pretrained_kwargs(gguf_file, revision, trust_remote_code,
+                                                                           subfolder))
 
 
 def model_window(settings: dict, tokenizer=None) -> tuple[int, str] | None:

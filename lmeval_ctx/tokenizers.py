@@ -33,15 +33,21 @@ def load_tokenizer(args: dict):
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _load(source: str, gguf_file: str | None, revision: str, trust_remote_code: bool, subfolder: str):
-    from transformers import AutoTokenizer
-
+def from_pretrained_kwargs(gguf_file: str | None, revision: str, trust_remote_code: bool, subfolder: str) -> dict:
+    """The ``from_pretrained`` keyword arguments a model's files are found by (tokenizer and config alike)."""
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if subfolder:
         kwargs["subfolder"] = subfolder
+    return kwargs
+
+
+@functools.lru_cache(maxsize=8)
+def _load(source: str, gguf_file: str | None, revision: str, trust_remote_code: bool, subfolder: str):
+    from transformers import AutoTokenizer
+
+    kwargs = from_pretrained_kwargs(gguf_file, revision, trust_remote_code, subfolder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as error:  # transformers raises OSError, ValueError, ... depending on the cause

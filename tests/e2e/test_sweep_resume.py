@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 
 from lmeval_ctx import cli
-from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 from lmeval_ctx.sweep import MANIFEST_NAME, ResumeConflict, inspect_point, run_sweep, sweep_points
+from test_sweep import LoadCounter
 from tiny_models import save_tiny_model
 
 TASKS = ["longppl"]
 METADATA = {"lengths": [64], "num_docs": 1}
-
-
-class LoadCounter:
-    def __init__(self, monkeypatch):
-        self.loads = 0
-        create = CtxHFLM._create_model
-
-        def counting(lm, *args, **kwargs):
-            self.loads += 1
-            return create(lm, *args, **kwargs)
-
-        monkeypatch.setattr(CtxHFLM, "_create_model", counting)
 
 
 def sweep(model, output, methods="none,pi", *, limit=1, metadata=METADATA, overwrite=False, log=None):
