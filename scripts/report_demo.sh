@@ -8,8 +8,8 @@
 # - RULER's samples come ordered by length (500 per length) and --limit would take the first length
 #   only, so lm_eval's --samples picks the first SAMPLES of each length; RULER lets the model generate
 #   128 tokens after its answer prefix, cut here to 16 (--gen_kwargs) for a CPU.
-# - RULER's lengths come in --metadata, which every task of a run receives and passkey refuses
-#   (max_seq_lengths is not one of its keys), so passkey runs in its own `lmeval-ctx sweep`.
+# - The RULER runs are lm_eval runs and passkey its own `lmeval-ctx sweep`, as the figures in the
+#   README were made; a single sweep could now hold both (it takes --samples and --gen_kwargs).
 # The report joins the runs into one row per method (they measure different things), pairing each
 # samples file with the results file of its own run (the RULER runs share one folder).
 # Output: runs/report_smollm2/{ruler,passkey}/ and runs/report_smollm2/report/.
