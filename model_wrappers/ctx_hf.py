@@ -213,10 +213,6 @@ class CtxHFLM(HFLM):
         """What runs, as recorded in lm-eval's results (``config.context_extension``) and the log."""
         return self._ctx.record
 
-    # Read by the scoring methods and response_cache_key (other owners); the state is self._ctx.
-    _ctx_extension = context_extension
-    _ctx_record = context_extension_record
-
     @property
     def response_cache_key(self) -> str:
         """A digest of everything that decides this model's answers, for ``--use_cache`` file names:
@@ -224,7 +220,7 @@ class CtxHFLM(HFLM):
         (``lmeval_ctx.response_cache.HF_RESPONSE_SETTINGS``: truncation, dtype, generation budget, ...)."""
         from lmeval_ctx.response_cache import hf_response_settings
 
-        return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self._ctx_record,
+        return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self.context_extension_record,
                                hf_response_settings(self))
 
     def get_model_info(self) -> dict:
@@ -272,7 +268,7 @@ class CtxHFLM(HFLM):
                 length = len(context_enc) + len(continuation_enc)
                 if length > self.max_length + 1:
                     raise self._too_long(length - 1, self.max_length)
-        if self._ctx_extension.length_dependent:
+        if self.context_extension.length_dependent:
             return self._score_lengths_apart(requests, disable_tqdm, override_bs)
         groups = plan_shared_prefixes([ctx + cont for _, ctx, cont in requests], max_tokens=self.max_length + 1)
         if not groups:
@@ -298,7 +294,7 @@ class CtxHFLM(HFLM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        if not self._ctx_extension.length_dependent or self.batch_size == 1:
+        if not self.context_extension.length_dependent or self.batch_size == 1:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
         # A left-padded prompt would be scaled for the longest prompt of its batch: generate
         # each prompt length in its own batches.
