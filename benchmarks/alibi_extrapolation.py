@@ -313,14 +313,11 @@ def lengths_of(window: int) -> list[int]:
     return [window * k for k in (1, 2, 4, 8)]
 
 
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of ``correct`` out of ``n`` (the report's, lmeval_ctx.report.wilson_interval)."""
+    from lmeval_ctx.report import wilson_interval
+
+    return (float("nan"), float("nan")) if n == 0 else wilson_interval(correct / n, n)
 
 
 def run_cli(command: list[str], log=print) -> None:
