@@ -21,16 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     sweep = commands.add_parser(
         "sweep",
         help="run several context-extension methods over lm-eval tasks, loading the model once",
-        description="Load the model once with ctx-hf, apply each method (and factor) in turn and run the tasks "
-                    "with lm-eval; results go to OUTPUT_PATH/<method>[_x<factor>]/ in lm-eval's format, with a "
-                    "manifest of what produced them. Re-running the same command skips the points whose manifest "
-                    "matches, re-runs interrupted ones, and stops (before loading) on points run with other "
-                    "settings unless --overwrite. Exit status: 0 all saved, 1 a point failed or the output path "
+        description="Load the model once with ctx-hf, apply each point (a method with its factor and parameters) "
+                    "in turn and run the tasks with lm-eval; results go to OUTPUT_PATH/<point>/ (e.g. yarn_x4, "
+                    "self_extend__group_size-4__neighbor_window-1024) in lm-eval's format, with a manifest of "
+                    "what produced them. Re-running the same command skips the points whose manifest matches, "
+                    "re-runs interrupted ones, and stops (before loading) on points run with other settings "
+                    "unless --overwrite. Exit status: 0 all saved, 1 a point failed or the output path "
                     "cannot hold files, 2 a usage error or such a conflict. See docs/sweep.md.",
     )
     sweep.add_argument("--model_args", required=True, help="ctx-hf/HFLM arguments, e.g. pretrained=...,dtype=bfloat16")
-    sweep.add_argument("--methods", required=True, help="comma-separated: none,pi,ntk,dynamic_ntk,yarn")
-    sweep.add_argument("--factor", help="scale factor(s) for the methods, comma-separated (e.g. 2,4)")
+    sweep.add_argument("--methods", required=True,
+                       help="comma-separated points: a method (none, pi, ntk, dynamic_ntk, yarn, llama3, ntk_by_parts, "
+                            "rerope, leaky_rerope, self_extend, lm_infinite, ...), optionally with its own parameters "
+                            "after colons, e.g. none,yarn,self_extend:group_size=4:neighbor_window=1024,"
+                            "rerope:window=4096,yarn:factor=8:beta_fast=64")
+    sweep.add_argument("--factor", help="scale factor(s) for the rescaling methods, comma-separated (e.g. 2,4); "
+                                        "not for none, the attention-level methods, or points giving factor=")
     sweep.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. passkey_4k,longppl_8k")
     sweep.add_argument("--output_path", required=True, help="folder for the points' folders (created)")
     sweep.add_argument("--batch_size", default="1", help="as lm_eval --batch_size (a number or auto)")

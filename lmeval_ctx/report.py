@@ -32,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lmeval_ctx.lengths import per_length_metric, split_per_length_metric
+from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS
+from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
 
 EFFECTIVE_ACCURACY = 0.8  # passkey's rule (YaRN's convention)
 RULER_THRESHOLD = 85.6  # RULER's rule: Llama-2-7B's average at 4k, in percent
@@ -152,6 +154,7 @@ class ResultsFile:
     model: str  # display name
     method: str
     factor: float | None
+    params: tuple  # the method's own parameters, ((key, value), ...) sorted: see method_parameters
     extension: dict
     model_args: dict
     date: datetime | None
@@ -174,6 +177,33 @@ def _normalised(value):
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def method_option_names() -> frozenset[str]:
+    """Every model arg that is a method's parameter rather than the model's (read from the methods'
+    option tables, so a new method's options count too): the method's own options and the
+    modifiers ``rope_theta`` and ``logn``."""
+    return frozenset().union(*ATTENTION_METHOD_OPTIONS.values(), *ROPE_METHOD_OPTIONS.values(), MODIFIER_OPTIONS)
+
+
+def method_parameters(extension: dict) -> tuple[tuple[str, object], ...]:
+    """The method's own parameters as the context-extension record gives them (``options``: what
+    ran, an attention method's defaults filled in), sorted by key."""
+    options = extension.get("options") or {}
+    return tuple(sorted(options.items())) if isinstance(options, dict) else ()
+
+
+def parameters_text(params) -> str:
+    """``group_size=4, neighbor_window=1024``: numbers in their shortest exact form, booleans as
+    true/false, keys sorted (as the sweep names its points)."""
+    def shown(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return factor_text(value)
+        return str(value)
+
+    return ", ".join(f"{key}={shown(value)}" for key, value in params)
 
 
 def _model_args(results: dict) -> dict:
@@ -334,8 +364,9 @@ def read_results_file(path: Path) -> ResultsFile:
     identity_args = {k: _normalised(v) for k, v in model_args.items() if k not in NEUTRAL_MODEL_ARGS}
     if config.get("model") in ("ctx-hf", "ctx-vllm"):
         identity_args.setdefault("scaling", "none")
-    model_identity = {key: value for key, value in identity_args.items()
-                      if key not in ("scaling", "factor", "max_length")}
+    # the method and its parameters are the row's, not the model's: a row's `none` reference is found by this
+    method_keys = {"scaling", "factor", "max_length"} | method_option_names() | set(extension.get("options") or {})
+    model_identity = {key: value for key, value in identity_args.items() if key not in method_keys}
     model_identity["model"] = config.get("model")
     model_identity["model_revision"] = config.get("model_revision")
     model_identity["model_sha"] = config.get("model_sha")
@@ -361,7 +392,8 @@ def read_results_file(path: Path) -> ResultsFile:
     return ResultsFile(
         path=path, run_key=_canonical({"model": model_identity, "args": identity_args, "extension": extension}),
         model_key=_canonical(model_identity), model=_model_name(results), method=extension.get("scaling", "none"),
-        factor=float(factor) if factor is not None else None, extension=extension, model_args=model_args,
+        factor=float(factor) if factor is not None else None, params=method_parameters(extension),
+        extension=extension, model_args=model_args,
         date=_date(results, path), lm_eval_version=results.get("lm_eval_version"), tasks=tasks,
     )
 
@@ -436,6 +468,7 @@ class Run:
     factor: float | None
     run_key: str
     model_key: str
+    params: tuple = ()  # the method's own parameters ((key, value), ...), sorted: part of the label
     extension: dict = field(default_factory=dict)
     model_args: dict = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -454,8 +487,20 @@ class Run:
         return int(value) if value not in (None, "") else None
 
     @property
+    def parameters(self) -> str:
+        """The method's parameters as text ("" without any): ``group_size=4, neighbor_window=1024``."""
+        return parameters_text(self.params)
+
+    @property
+    def method_label(self) -> str:
+        """The method with its parameters: ``self_extend (group_size=4, neighbor_window=1024)``."""
+        return self.method + (f" ({self.parameters})" if self.params else "")
+
+    @property
     def label(self) -> str:
-        return self.method if self.factor in (None, 1.0) else f"{self.method} ×{factor_text(self.factor)}"
+        """Method, factor and parameters: ``yarn ×4``, ``self_extend (group_size=4, neighbor_window=1024)``."""
+        scaled = self.method if self.factor in (None, 1.0) else f"{self.method} ×{factor_text(self.factor)}"
+        return scaled + (f" ({self.parameters})" if self.params else "")
 
     @property
     def date(self) -> datetime | None:
@@ -592,7 +637,7 @@ def read_runs(folders: list[str | Path]) -> list[Run]:
         row = next((r for r in rows if r.run_key == results.run_key and _fits(r, results)), None)
         if row is None:
             row = Run(results.model, results.method, results.factor, results.run_key, results.model_key,
-                      extension=results.extension, model_args=results.model_args)
+                      params=results.params, extension=results.extension, model_args=results.model_args)
             rows.append(row)
         _add(row, results)
     if not any(r.suite is not None for row in rows for r in row.tasks.values()):
@@ -600,7 +645,7 @@ def read_runs(folders: list[str | Path]) -> list[Run]:
                          "metrics) in " + ", ".join(map(str, folders)) + ".")
     _describe_differences(rows)
     return sorted(rows, key=lambda r: (r.model, r.model_key, r.method != "none", r.method, r.factor or 0,
-                                       r.note, r.date or datetime.min.replace(tzinfo=timezone.utc)))
+                                       r.parameters, r.note, r.date or datetime.min.replace(tzinfo=timezone.utc)))
 
 
 def _flat_settings(run: Run) -> dict[str, str]:
@@ -652,8 +697,10 @@ def _full(value: float | None) -> str:
 
 
 def _none_row(run: Run, runs: list[Run]) -> Run | None:
-    """The same model's ``none`` row (the newest, when it was run more than once)."""
+    """The same model's ``none`` row: without parameters where there is one (``none`` with ``logn`` or
+    ``rope_theta`` is a method of its own), the newest when it was run more than once."""
     candidates = [r for r in runs if r.model_key == run.model_key and r.method == "none"]
+    candidates = [r for r in candidates if not r.params] or candidates
     return max(candidates, key=lambda r: r.date or datetime.min.replace(tzinfo=timezone.utc)) if candidates else None
 
 
@@ -687,7 +734,8 @@ def leaderboard(runs: list[Run], threshold: float = RULER_THRESHOLD) -> Table:
     """The table of ``runs``: per-suite values by length, effective lengths, short tasks, settings."""
     suites = _suites(runs)
     header = ["model", "method", "factor", "window"]
-    csv_header = ["model", "method", "factor", "window", "original length", "date", "settings", "data identity"]
+    csv_header = ["model", "method", "parameters", "factor", "window", "original length", "date", "settings",
+                  "data identity"]
     md_cols: list = []  # (kind, ...) column specs for Markdown
     csv_cols: list = []
     legend = []
@@ -722,6 +770,10 @@ def leaderboard(runs: list[Run], threshold: float = RULER_THRESHOLD) -> Table:
             legend.append(f"ruler effective length: the largest length whose RULER average is ≥ {threshold:g} % "
                           "(RULER's rule; 85.6 is Llama-2-7B at 4k; --threshold changes it). wAvg inc/dec: RULER's "
                           "averages over lengths with weights rising/falling linearly with the length.")
+    if any(run.params for run in runs):
+        legend.append("method: with its own parameters in parentheses, as they ran (an attention-level method's "
+                      "defaults filled in); rows that differ in them are separate rows. The CSV has them in "
+                      "its parameters column.")
     short = _short_tasks(runs)
     for task, metric in short:
         md_cols.append(("short", task, metric))
@@ -822,15 +874,17 @@ def leaderboard(runs: list[Run], threshold: float = RULER_THRESHOLD) -> Table:
     rows, csv_rows, notes = [], [], []
     for run in runs:
         date = run.date.strftime("%Y-%m-%d %H:%M") if run.date else ""
-        base = [run.model, run.method, factor_text(run.factor), "" if run.window is None else str(run.window)]
+        window = "" if run.window is None else str(run.window)
+        base = [run.model, run.method_label, factor_text(run.factor), window]
         row = base + ([date, run.note] if show_dates else []) + [cell(run, c, True) for c in md_cols]
         if identities:
             row.append(" ".join(f"{t}:{r.data_identity[:10]}" for t, r in sorted(run.tasks.items())
                                 if r.data_identity))
         rows.append(row)
         full_ids = " ".join(f"{t}:{r.data_identity}" for t, r in sorted(run.tasks.items()) if r.data_identity)
-        csv_rows.append(base + ["" if run.original_max_length is None else str(run.original_max_length),
-                                run.date.isoformat() if run.date else "", run.note, full_ids]
+        csv_rows.append([run.model, run.method, run.parameters, factor_text(run.factor), window,
+                         "" if run.original_max_length is None else str(run.original_max_length),
+                         run.date.isoformat() if run.date else "", run.note, full_ids]
                         + [cell(run, c, False) for c in csv_cols])
         if "repeat run" in run.note:
             notes.append(f"{run.model}, {run.label}: run more than once with the same settings; each run is its "

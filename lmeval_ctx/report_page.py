@@ -70,7 +70,7 @@ def run_settings(run: Run) -> dict[str, str]:
     extension = run.extension
     layer_types = {key: value for key, value in extension.items() if "layer" in key}
     settings = {
-        "method": run.method + (f" (asked as {extension['scaling_requested']})"
+        "method": run.method_label + (f" (asked as {extension['scaling_requested']})"
                                 if extension.get("scaling_requested") not in (None, run.method) else ""),
         "factor": factor_text(run.factor) or "none",
         "window (max_length)": "" if run.window is None else f"{run.window:,}",

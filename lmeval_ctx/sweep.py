@@ -3,9 +3,12 @@
 The weights are loaded once (``ctx-hf`` with ``scaling=none``); each method is
 then applied to the loaded model (:meth:`CtxHFLM.apply_extension` rebuilds the
 rotary modules or replaces the ALiBi slopes) and lm-eval's ``simple_evaluate``
-runs the tasks. Each method's results are saved in lm-eval's own format under
-``OUTPUT/<method>[_x<factor>]/``, so lm-eval's tools and ``lmeval-ctx report``
-read them.
+runs the tasks. A point is a method with its factor and its own parameters
+(``--methods "yarn,self_extend:group_size=4:neighbor_window=1024"``); each point's
+results are saved in lm-eval's own format under ``OUTPUT/<point name>/``
+(``yarn_x4``, ``self_extend__group_size-4__neighbor_window-1024``), so lm-eval's
+tools and ``lmeval-ctx report`` read them. Every point is resolved against the
+model's config, as ``ctx-hf`` will resolve it, before the weights load.
 
 A point is done only when it is saved and is the same point. After lm-eval has
 written a point's results (and samples), the sweep checks that the files are
@@ -25,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -34,10 +39,19 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from lmeval_ctx.methods import canonical_method, validate_factor
+from lmeval_ctx.args import FALSE_SPELLINGS, TRUE_SPELLINGS, closest_key
+from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, canonical_method, validate_factor
+from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS, validate_rope_options
 
 # model args the sweep sets per point; in --model_args they would be ambiguous
 PER_POINT_ARGS = ("scaling", "factor")
+# In --methods, a point's parameters follow its method after colons (commas separate the points):
+# self_extend:group_size=4:neighbor_window=1024
+PARAMETER_SEPARATOR = ":"
+# In a point's folder name: <method>[_x<factor>]__<key>-<value>__..., keys sorted
+NAME_PARAMETER_SEPARATOR, NAME_VALUE_SEPARATOR = "__", "-"
+# a text parameter value must be safe in a folder name as it is (numbers and booleans are normalised)
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9._+]+")
 # model args that place the model or size its batches without changing what it computes: recorded in the
 # manifest, not compared on resume
 PLACEMENT_ARGS = ("parallelize", "device_map", "max_memory_per_gpu", "max_cpu_memory", "offload_folder",
@@ -77,10 +91,28 @@ def format_factor(factor: float) -> str:
     return repr(float(factor))
 
 
+def format_value(value) -> str:
+    """A parameter's value as written in point names and labels: numbers as :func:`format_factor`,
+    booleans as ``true``/``false``, text as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return format_factor(value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class SweepPoint:
+    """One point of the grid: a method, its factor (None: none, an attention-level method, or the
+    method's default) and its own parameters (``group_size``, ``window``, ``beta_fast``, ``logn``, ...)."""
+
     method: str
     factor: float | None
+    params: tuple[tuple[str, object], ...] = ()  # (key, value), sorted by key
+
+    def __post_init__(self):
+        # sorted once here, so equal settings given in any order are one point with one name
+        object.__setattr__(self, "params", tuple(sorted(dict(self.params).items())))
 
     @property
     def label(self) -> str:
@@ -88,22 +120,130 @@ class SweepPoint:
         return "" if self.factor is None else format_factor(self.factor)
 
     @property
+    def parameters_text(self) -> str:
+        """``group_size=4, neighbor_window=1024`` ("" without parameters)."""
+        return ", ".join(f"{key}={format_value(value)}" for key, value in self.params)
+
+    @property
+    def display(self) -> str:
+        """The method with its parameters, as in tables: ``self_extend (group_size=4, neighbor_window=1024)``."""
+        return self.method + (f" ({self.parameters_text})" if self.params else "")
+
+    @property
+    def spec(self) -> str:
+        """The point as written in --methods: ``self_extend:group_size=4:neighbor_window=1024``."""
+        factor = [("factor", self.factor)] if self.factor is not None else []
+        return self.method + "".join(f"{PARAMETER_SEPARATOR}{key}={format_value(value)}"
+                                     for key, value in factor + list(self.params))
+
+    @property
     def name(self) -> str:
-        return self.method if self.factor is None else f"{self.method}_x{self.label}"
+        """The folder name (and manifest key): ``pi_x4``, ``self_extend__group_size-4__neighbor_window-1024``.
+
+        Keys sorted and values formatted as :func:`format_value` (exact: two different numbers
+        never print alike), so two points share a folder only when their settings are equal.
+        """
+        base = self.method if self.factor is None else f"{self.method}_x{self.label}"
+        return base + "".join(f"{NAME_PARAMETER_SEPARATOR}{key}{NAME_VALUE_SEPARATOR}{format_value(value)}"
+                              for key, value in self.params)
 
     @property
     def model_args(self) -> dict:
-        return {"scaling": self.method, **({"factor": self.factor} if self.factor is not None else {})}
+        return {"scaling": self.method, **({"factor": self.factor} if self.factor is not None else {}),
+                **dict(self.params)}
+
+
+def takes_factor(method: str) -> bool:
+    """Whether ``method`` is a RoPE or ALiBi rescaling, set by a factor (not none, not attention-level)."""
+    return method != "none" and method not in ATTENTION_METHODS
+
+
+def point_parameters(method: str) -> frozenset[str]:
+    """The parameters a point of ``method`` may set: the method's own options (read from
+    ATTENTION_METHOD_OPTIONS / ROPE_METHOD_OPTIONS), the modifiers every RoPE method takes
+    (``rope_theta``, ``logn``), and ``factor`` for the rescalings (then the point runs at that
+    factor only, not at every ``--factor``)."""
+    own = ATTENTION_METHOD_OPTIONS.get(method) or ROPE_METHOD_OPTIONS.get(method) or frozenset()
+    return frozenset(own) | MODIFIER_OPTIONS | ({"factor"} if takes_factor(method) else frozenset())
+
+
+def method_option_names() -> frozenset[str]:
+    """Every method's own options (not the modifiers): a point sets them, never --model_args."""
+    return frozenset().union(*ATTENTION_METHOD_OPTIONS.values(), *ROPE_METHOD_OPTIONS.values())
+
+
+def _parameter_value(item: str, key: str, text: str):
+    """``text`` as a number (integral ones as int, so ``4`` and ``4.0`` are one setting), a boolean
+    (true/false/yes/no) or, failing both, text safe in a folder name."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None:
+        if not math.isfinite(number):
+            raise ValueError(f"--methods point {item!r}: {key}={text} is not a finite number.")
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    spelled = text.lower()
+    if spelled in TRUE_SPELLINGS or spelled in FALSE_SPELLINGS:
+        return spelled in TRUE_SPELLINGS
+    if not _SAFE_TEXT.fullmatch(text):
+        raise ValueError(f"--methods point {item!r}: {key}={text!r} is neither a number nor a boolean, and "
+                         "holds characters a folder name cannot carry. Give a number or true/false.")
+    return text
+
+
+def parse_point(item: str) -> tuple[str, dict]:
+    """One --methods item, ``method[:key=value...]``: (canonical method, {key: value}).
+
+    Keys must be parameters of the method (:func:`point_parameters`); values are checked
+    here as far as they can be without the model's config (numbers > 0 for the RoPE
+    options and ``rope_theta``, ``factor`` >= 1). The rest (an attention method's
+    ranges against the trained length, required options) is checked by
+    :func:`check_points_against_config` before the weights load.
+    """
+    method_text, *parts = str(item).strip().split(PARAMETER_SEPARATOR)
+    method = canonical_method(method_text.strip())
+    allowed = point_parameters(method)
+    params: dict = {}
+    for part in parts:
+        key, equals, text = (piece.strip() for piece in part.partition("="))
+        if not equals or not key or not text:
+            raise ValueError(
+                f"--methods point {item!r}: {part!r} is not key=value. Write a point as method{PARAMETER_SEPARATOR}"
+                f"key=value{PARAMETER_SEPARATOR}key=value, e.g. self_extend:group_size=4:neighbor_window=1024.")
+        if key not in allowed:
+            close = closest_key(key, allowed)
+            raise ValueError(
+                f"--methods point {item!r}: {method} has no parameter {key!r}"
+                + (f" (did you mean {close}?)" if close else "")
+                + f". Parameters of {method}: {', '.join(sorted(allowed))}.")
+        if key in params:
+            raise ValueError(f"--methods point {item!r} gives {key} twice; give it once.")
+        params[key] = _parameter_value(item, key, text)
+    if "factor" in params:
+        params["factor"] = validate_factor(params["factor"])
+    table = {**ROPE_METHOD_OPTIONS, **ATTENTION_METHOD_OPTIONS}
+    if method in table:
+        try:
+            validate_rope_options(method, {k: v for k, v in params.items() if k != "factor"}, table)
+        except ValueError as error:
+            raise ValueError(f"--methods point {item!r}: {error}") from None
+    return method, params
 
 
 def sweep_points(methods, factors=None, log=None) -> list[SweepPoint]:
-    """The grid: ``none`` once, every other method at every factor (or its default without factors).
+    """The grid: every item of ``methods`` (``method[:key=value...]``) at every factor, except
+    ``none``, the attention-level methods and points that give their own ``factor``, which run
+    once (or the rescalings at their default without factors).
 
-    Factors equal as numbers (``2`` and ``2.0``) are one point; ``log``, when given, is told so.
+    Factors equal as numbers (``2`` and ``2.0``) are one point, and so are points whose
+    method, factor and parameters are equal; ``log``, when given, is told so.
     """
-    methods = [m for m in (methods.split(",") if isinstance(methods, str) else methods) if str(m).strip()]
-    if not methods:
-        raise ValueError("--methods is empty: name at least one of none, pi, ntk, dynamic_ntk, yarn.")
+    items = [str(m).strip() for m in (methods.split(",") if isinstance(methods, str) else methods)
+             if str(m).strip()]
+    if not items:
+        raise ValueError("--methods is empty: name at least one of none, pi, ntk, dynamic_ntk, yarn, ... "
+                         "(with parameters: self_extend:group_size=4:neighbor_window=1024).")
     if isinstance(factors, str):
         factors = [f.strip() for f in factors.split(",") if f.strip()]
     values: list[float | None] = [None]
@@ -117,13 +257,77 @@ def sweep_points(methods, factors=None, log=None) -> list[SweepPoint]:
                 continue
             values.append(value)
     points: list[SweepPoint] = []
-    for method in methods:
-        method = canonical_method(method)
-        for factor in ([None] if method == "none" else values):
-            point = SweepPoint(method, factor)
-            if point not in points:
-                points.append(point)
+    for item in items:
+        method, params = parse_point(item)
+        own_factor = params.pop("factor", None)
+        for factor in ([own_factor] if own_factor is not None else values if takes_factor(method) else [None]):
+            point = SweepPoint(method, factor, tuple(params.items()))
+            if point in points:
+                if log is not None:
+                    log(f"[sweep] {item} equals point {point.name}, given before: one point")
+                continue
+            points.append(point)
     return points
+
+
+def check_model_args(model_args: dict, points: list[SweepPoint]) -> None:
+    """ValueError for a parameter set in --model_args and by a point, or a method's own option in
+    --model_args (the model loads with ``scaling=none``, which takes none of them)."""
+    both = [f"{key} is set in --model_args ({key}={model_args[key]}) and in --methods point {point.spec}"
+            for point in points for key, _ in point.params if key in model_args]
+    if both:
+        raise ValueError("; ".join(both) + ". Set it in one place: --model_args for every point, or per point "
+                                           "in --methods.")
+    own = sorted(set(model_args) & method_option_names())
+    if own:
+        raise ValueError(
+            f"--model_args sets {', '.join(own)}, the option(s) of a method: the sweep loads the model with "
+            "scaling=none and applies each point's method with that point's parameters. Give them per point, "
+            f"e.g. --methods {points_example(own[0])}.")
+
+
+def points_example(key: str) -> str:
+    """A --methods item that sets ``key``, for error messages."""
+    table = {**ROPE_METHOD_OPTIONS, **ATTENTION_METHOD_OPTIONS}
+    method = next((name for name, keys in table.items() if key in keys), "yarn")
+    return f"{method}{PARAMETER_SEPARATOR}{key}=<value>"
+
+
+def check_points_against_config(model_args: dict, points: list[SweepPoint], log=print) -> None:
+    """Resolve every point against the model's config as ``ctx-hf`` will, before the weights load.
+
+    The request is what :meth:`CtxHFLM.apply_extension` will resolve: the extension arguments of
+    --model_args with the point's method, factor and parameters. Every point that fails is named in
+    one ValueError. A config that cannot be read here is logged and left to the load to report.
+    """
+    import copy
+
+    from lmeval_ctx.args import parse_bool
+    from lmeval_ctx.extension import resolve_extension
+    from lmeval_ctx.lifecycle import EXTENSION_ARGS, full_request
+    from lmeval_ctx.tokenizers import from_pretrained_kwargs
+
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model_args["pretrained"]), **from_pretrained_kwargs(
+            model_args.get("gguf_file") or None, str(model_args.get("revision") or "main"),
+            parse_bool(model_args.get("trust_remote_code", False), "trust_remote_code"),
+            str(model_args.get("subfolder") or "")))
+    except Exception as error:  # noqa: BLE001 - transformers raises OSError, ValueError, ... by cause
+        log(f"[sweep] could not read the config of {model_args['pretrained']} to check the points before loading "
+            f"({type(error).__name__}: {error}); the load checks them")
+        return
+    shared = {key: model_args[key] for key in EXTENSION_ARGS if key in model_args}
+    problems = []
+    for point in points:
+        try:
+            resolve_extension(copy.deepcopy(config), **full_request({**shared, **point.model_args}))
+        except (ValueError, TypeError) as error:  # TypeError: an argument ctx-hf does not take
+            problems.append(f"{point.spec}: {error}")
+    if problems:
+        raise ValueError("point(s) that cannot run on this model (resolved against its config, before loading):\n  "
+                         + "\n  ".join(problems) + "\nFix their parameters in --methods or leave them out.")
 
 
 def _number(text):
@@ -460,6 +664,7 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
                          "use --methods and --factor instead.")
     if "pretrained" not in model_args:
         raise ValueError("--model_args needs pretrained=<model>.")
+    check_model_args(model_args, points)
     seeds = parse_seed(seed)
     if limit is not None and samples is not None:
         raise ValueError("--limit and --samples cannot be combined (as in lm_eval): keep one of them.")
@@ -498,6 +703,8 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
             + "\nRun with the same settings to resume, use another --output_path, or add --overwrite to re-run "
               "these points (their old output is moved to "
             + f"{output_path.resolve().parent / (output_path.resolve().name + '.replaced')}/).")
+    if pending:
+        check_points_against_config(model_args, pending, log)
     for point, folder, reason in moves:
         target = _move_aside(folder, output_path, point)
         log(f"[sweep] {point.name}: {reason}; old output moved to {target}; re-running")
@@ -517,7 +724,7 @@ def run_sweep(model_args: dict, points: list[SweepPoint], tasks: list[str], outp
         folder = output_path / point.name
         log(f"[sweep] {point.name}: running {', '.join(tasks)}")
         try:
-            lm.apply_extension(point.method, **({"factor": point.factor} if point.factor is not None else {}))
+            lm.apply_extension(**point.model_args)
             tracker = EvaluationTracker(output_path=str(folder))
             point_args = {**model_args, **point.model_args}
             results = lm_eval.simple_evaluate(
@@ -631,5 +838,5 @@ def summary_table(outcomes: list[dict]) -> str:
     for outcome in outcomes:
         point = outcome["point"]
         status = outcome["status"] + (f": {outcome['error']}" if outcome["error"] else "")
-        lines.append(f"| {point.method} | {point.label} | {status} | {outcome['folder']} |")
+        lines.append(f"| {point.display} | {point.label} | {status} | {outcome['folder']} |")
     return "\n".join(lines)

@@ -291,3 +291,43 @@ def test_report_command_prints_the_table(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| tiny | yarn | 2 |  | ≈1.000 |" in out and (tmp_path / "cli" / "perplexity_tiny.png").is_file()
     assert (tmp_path / "cli" / "index.html").is_file()
+
+
+def test_rows_differing_in_method_parameters_stay_apart_with_labels_that_show_them(tmp_path):
+    """Two SelfExtend group sizes (as ctx-hf records them) and none with logn: separate rows, each labelled with
+    its parameters; the plain none row stays the reference of the others."""
+    from lmeval_ctx.report_plots import _legend_label
+
+    config = {"passkey_1k": {"dataset_kwargs": {"fixed_length": 1024}}, "hellaswag": {}}
+
+    def results(accuracy, short):
+        return {"passkey_1k": {"acc,none": accuracy}, "hellaswag": {"acc,none": short, "acc_stderr,none": 0.01}}
+
+    write_run(tmp_path / "none", "none", None, results(0.5, 0.25), config)
+    write_run(tmp_path / "logn", "none", None, results(0.5, 0.5), config,
+              model_args={"pretrained": "/models/tiny", "scaling": "none", "logn": True},
+              extension={"options": {"logn": True}}, date=1.9e9)  # newer than the plain none row
+    for group, accuracy in ((8, 0.25), (4, 0.75)):
+        write_run(tmp_path / f"g{group}", "self_extend", None, results(accuracy, 0.375), config,
+                  model_args={"pretrained": "/models/tiny", "scaling": "self_extend", "group_size": group,
+                              "neighbor_window": 1024},
+                  extension={"options": {"neighbor_window": 1024, "group_size": group}})
+    rows = read_runs([tmp_path / name for name in ("none", "logn", "g8", "g4")])
+    labels = ["none", "none (logn=true)", "self_extend (group_size=4, neighbor_window=1024)",
+              "self_extend (group_size=8, neighbor_window=1024)"]
+    assert [row.label for row in rows] == labels
+    assert [row.note for row in rows] == ["", "", "", ""]  # the labels alone tell them apart
+    assert [_legend_label(row, rows) for row in rows] == labels
+    assert len({row.model_key for row in rows}) == 1  # one model, four methods
+
+    table = leaderboard(rows)
+    assert [row[1] for row in table.rows] == labels and "settings" not in table.header
+    # the Δ of every row is against the plain none row (0.25), not none with logn
+    column = table.header.index("hellaswag acc")
+    assert [row[column] for row in table.rows] == ["0.250 ± 0.010", "0.500 ± 0.010 (Δ +0.250)",
+                                                   "0.375 ± 0.010 (Δ +0.125)", "0.375 ± 0.010 (Δ +0.125)"]
+    assert any("with its own parameters in parentheses" in line for line in table.legend)
+    csv_rows = [dict(zip(table.csv_header, row)) for row in table.csv_rows]
+    assert [(row["method"], row["parameters"]) for row in csv_rows] == [
+        ("none", ""), ("none", "logn=true"), ("self_extend", "group_size=4, neighbor_window=1024"),
+        ("self_extend", "group_size=8, neighbor_window=1024")]

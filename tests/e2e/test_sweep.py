@@ -1,6 +1,7 @@
 """lmeval-ctx sweep: one load for every method, lm-eval's output format, the same metrics as
 separate lm_eval runs, resumption, failures that do not stop the sweep, point folders that tell every
-factor apart, and the README's example run as written. Resumption rules: test_sweep_resume.py."""
+factor and every method parameter apart, points checked against the config before the load, and the
+README's example run as written. Resumption rules: test_sweep_resume.py; point parsing: test_sweep_points.py."""
 
 import json
 import os
@@ -125,6 +126,79 @@ def test_point_folders_and_labels_tell_every_factor_apart():
     assert [p.name for p in sweep_points("none,yarn", "2,2.0,2e0", log=messages.append)] == ["none", "yarn_x2"]
     assert messages == ["[sweep] factor 2.0 equals factor 2 as a number: one point",
                         "[sweep] factor 2e0 equals factor 2 as a number: one point"]
+
+
+# --- points with their own parameters ------------------------------------------------------------------
+
+SELF_EXTEND_POINTS = "self_extend:group_size=2:neighbor_window=16,self_extend:group_size=4:neighbor_window=16"
+
+
+@pytest.mark.slow
+def test_points_differing_in_parameters_are_separate_runs_folders_and_rows(tiny_model_dir, tmp_path, monkeypatch):
+    """Two SelfExtend group sizes: two folders, each equal to its own ctx-hf run, and two report rows."""
+    import lm_eval
+
+    from lmeval_ctx.report import write_report
+
+    folder = tiny_model_dir("llama")  # trained length 128
+    # 160 tokens: past the trained length and the neighbour window, so the group size matters
+    model_args = {"pretrained": str(folder), "dtype": "float32", "max_length": 192}
+    metadata = {"lengths": [160], "num_docs": 1}
+    counter = LoadCounter(monkeypatch)
+    outcomes = run_sweep(model_args, sweep_points(SELF_EXTEND_POINTS), ["longppl"], tmp_path / "runs", device="cpu",
+                         limit=1, metadata=metadata, log=lambda message: None)
+    names = ["self_extend__group_size-2__neighbor_window-16", "self_extend__group_size-4__neighbor_window-16"]
+    assert [(o["point"].name, o["status"]) for o in outcomes] == [(name, "done") for name in names]
+    assert counter.loads == 1
+    perplexities = []
+    for name, group_size in zip(names, (2, 4)):
+        swept = results_of(tmp_path / "runs" / name)
+        point_args = {"scaling": "self_extend", "group_size": group_size, "neighbor_window": 16}
+        assert swept["config"]["model_args"] == {**model_args, **point_args}
+        assert swept["config"]["context_extension"]["options"] == {"group_size": group_size, "neighbor_window": 16}
+        manifest = json.loads((tmp_path / "runs" / name / MANIFEST_NAME).read_text())
+        assert manifest["point"] == name and manifest["request"]["method"] == point_args
+        separate = lm_eval.simple_evaluate(model="ctx-hf", model_args={**model_args, **point_args}, tasks=["longppl"],
+                                           limit=1, metadata=metadata, device="cpu")
+        assert separate["config"]["context_extension"] == swept["config"]["context_extension"]
+        expected = {m: v for m, v in separate["results"]["longppl"].items() if isinstance(v, float) and v == v}
+        assert any(metric.startswith("token_perplexity@160") for metric in expected)
+        for metric, value in expected.items():
+            assert swept["results"]["longppl"][metric] == pytest.approx(value, rel=1e-6), (name, metric)
+        perplexities.append(swept["results"]["longppl"]["token_perplexity@160,none"])
+    assert perplexities[0] != perplexities[1]  # each point ran with its own group size
+
+    report = write_report([tmp_path / "runs"], tmp_path / "report", log=lambda message: None)
+    labels = [run.label for run in report["runs"]]
+    assert labels == ["self_extend (group_size=2, neighbor_window=16)",
+                      "self_extend (group_size=4, neighbor_window=16)"]
+    lines = report["table"].splitlines()
+    model = report["runs"][0].model
+    assert lines[2].startswith(f"| {model} | self_extend (group_size=2, neighbor_window=16) |  | 192 |")
+    assert lines[3].startswith(f"| {model} | self_extend (group_size=4, neighbor_window=16) |  | 192 |")
+
+
+def test_points_are_resolved_against_the_config_before_loading(tiny_model_dir, tmp_path, monkeypatch):
+    """What only the model's config can tell (the trained length, a required option) is found before the load."""
+    folder = tiny_model_dir("llama")  # trained length 128
+    counter = LoadCounter(monkeypatch)
+    with pytest.raises(ValueError) as error:
+        run_sweep({"pretrained": str(folder), "max_length": 192},
+                  sweep_points("none,self_extend:group_size=4:neighbor_window=512,rerope,self_extend:group_size=2:"
+                               "neighbor_window=100"), ["passkey_1k"], tmp_path / "runs", log=lambda message: None)
+    message = str(error.value)
+    assert "self_extend:group_size=4:neighbor_window=512: neighbor_window=512 must be smaller than " \
+           "original_max_length=128" in message
+    assert "rerope: scaling=rerope needs window=<...>" in message
+    # group 2 past a window of 100 reaches 191 // 2 + 100 - 100 // 2 = 145 at max_length 192, beyond the trained 127
+    assert "self_extend:group_size=2:neighbor_window=100: group_size=2, neighbor_window=100 reach relative position " \
+           "145 at max_length=192" in message
+    assert "none:" not in message and counter.loads == 0 and not list((tmp_path / "runs").iterdir())
+    # a parameter given both in --model_args and in a point, through the command line
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["sweep", "--model_args", f"pretrained={folder},logn=true", "--methods", "none,none:logn=false",
+                  "--tasks", "passkey_1k", "--output_path", str(tmp_path / "runs")])
+    assert stopped.value.code == 2 and counter.loads == 0
 
 
 # --- the README's sweep example, run with its own flags ------------------------------------------------

@@ -161,3 +161,41 @@ def test_a_point_whose_results_or_samples_are_not_written_fails(tiny_model_dir, 
     assert "pi_x2: FAILED (PointNotSaved: lm-eval did not write the samples of longppl" in err
     assert not list(runs.rglob(MANIFEST_NAME))
     assert "PointNotSaved" in (runs / "none" / "error.log").read_text()
+
+
+@pytest.mark.slow
+def test_points_differing_only_in_parameters_resume_and_conflict_apart(tiny_model_dir, tmp_path, monkeypatch):
+    """Two SelfExtend group sizes are two points: two folders and manifests, skipped, re-run and in conflict
+    one by one."""
+    model, runs = tiny_model_dir("llama"), tmp_path / "runs"
+    counter = LoadCounter(monkeypatch)
+    points = "self_extend:group_size=2:neighbor_window=16,self_extend:group_size=4:neighbor_window=16"
+    names = ["self_extend__group_size-2__neighbor_window-16", "self_extend__group_size-4__neighbor_window-16"]
+    assert statuses(sweep(model, runs, points)) == dict.fromkeys(names, "done") and counter.loads == 1
+    for name, group_size in zip(names, (2, 4)):
+        assert manifest(runs / name)["request"]["method"] == {"scaling": "self_extend", "group_size": group_size,
+                                                              "neighbor_window": 16}
+
+    # the same points, their parameters spelled otherwise: skipped, nothing loaded
+    counter.loads = 0
+    respelled = "self_extend:neighbor_window=16:group_size=2.0,self_extend:group_size=4:neighbor_window=1.6e1"
+    assert statuses(sweep(model, runs, respelled)) == dict.fromkeys(names, "skipped (done)") and counter.loads == 0
+
+    # another group size is another point, run beside the others
+    added = "self_extend__group_size-8__neighbor_window-16"
+    outcomes = sweep(model, runs, points + ",self_extend:group_size=8:neighbor_window=16")
+    assert statuses(outcomes) == {**dict.fromkeys(names, "skipped (done)"), added: "done"} and counter.loads == 1
+
+    # other settings: a conflict naming each point's own folder, before anything loads
+    counter.loads = 0
+    with pytest.raises(ResumeConflict) as conflict:
+        sweep(model, runs, points, limit=2)
+    for name in names:
+        assert f"{runs / name}:\n    limit: 1 there, 2 now" in str(conflict.value)
+    assert counter.loads == 0
+    # --overwrite re-runs the one point asked for; its old output is moved aside under its own name
+    assert statuses(sweep(model, runs, "self_extend:group_size=4:neighbor_window=16", limit=2, overwrite=True)) == {
+        names[1]: "done"}
+    (replaced,) = (tmp_path / "runs.replaced").iterdir()
+    assert replaced.name.startswith(names[1] + "-") and manifest(replaced)["request"]["limit"] == 1
+    assert manifest(runs / names[0])["request"]["limit"] == 1 and manifest(runs / names[1])["request"]["limit"] == 2
