@@ -28,6 +28,13 @@ padding, KV-cache offsets and packed sequences are transformers' own.
 On CUDA with the optional ``flash-attn`` package, a half-precision model, and a
 plain causal mask without padding, flash-attn's ``alibi_slopes`` kernel is used
 instead (not run in this project's CI: no GPU there).
+
+LM-Infinite (``scaling=lm_infinite``; Han et al. 2023, arXiv:2308.16137) runs here too, as an
+:class:`AlibiPositionMethod`: the relative position of
+:func:`lmeval_ctx.methods.attention.lm_infinite`, ``rel = min(i - j, L)``, makes the bias
+``-m_h * rel``, i.e. the model's own per-key bias plus ``m_h * (i - j - rel)`` on the pairs
+past the ceiling, and its Λ-shaped mask hides the keys between the first ``global_tokens``
+and the last ``local_window``. Both are built per query block only for the blocks they change.
 """
 
 from __future__ import annotations
@@ -38,7 +45,14 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function, sdpa_mask
+from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    causal_mask_function,
+    prepare_padding_mask,
+    sdpa_mask,
+)
+
+from lmeval_ctx.methods.attention import ATTENTION_METHOD_REGISTRY, assign_positions, relative_positions
 
 # alibi_attention= values: auto (flash-attn where it applies, else blocks), blocked, transformers.
 ATTENTION_CHOICES = ("auto", "blocked", "transformers")
@@ -100,6 +114,15 @@ class RowBlockMask:
         """Index among the keys of the first query (``q_offset`` is a tensor for static caches)."""
         return int(self.q_offset) - self.kv_offset
 
+    def key_positions(self) -> torch.Tensor:
+        """``(batch or 1, keys)``: each key's position, counting the real tokens before it (as BLOOM
+        and Falcon count their ALiBi positions), so left padding does not move a token."""
+        if self.padding is None:
+            return torch.arange(self.kv_length, device=self.device)[None]
+        padding = prepare_padding_mask(self.padding, self.kv_length, self.kv_offset).to(self.device)
+        counted = padding.to(torch.int64).cumsum(dim=-1) - 1
+        return counted[:, self.kv_offset:self.kv_offset + self.kv_length]
+
     def rows(self, start: int, stop: int) -> torch.Tensor:
         return sdpa_mask(
             batch_size=self.batch_size, q_length=stop - start, kv_length=self.kv_length,
@@ -135,6 +158,40 @@ def row_block_mask_config(config) -> _RowBlockMaskConfig:
     return _RowBlockMaskConfig(config)
 
 
+# ----------------------------------------------------------------------------- attention-level methods
+@dataclass(frozen=True)
+class AlibiPositionMethod:
+    """An attention-level method in its ALiBi form (``lm_infinite``): the bias ``-m_h * rel(i, j)``
+    with the method's relative position ``rel`` (:mod:`lmeval_ctx.methods.attention`) and the
+    keys it hides."""
+
+    method: str  # a key of ATTENTION_METHOD_REGISTRY
+    options: dict  # its resolved options (resolve_attention_options)
+    original_length: int  # L, the trained length
+    slopes: torch.Tensor  # (heads,) float32: the slopes in the units of the key bias (model's scale applied)
+
+    def changes(self, largest_distance: int) -> bool:
+        """Does the method change any pair whose distance is at most ``largest_distance``?"""
+        unchanged = ATTENTION_METHOD_REGISTRY[self.method].unchanged_up_to(self.options, self.original_length)
+        return largest_distance > unchanged
+
+    def block(self, query_positions: torch.Tensor, key_positions: torch.Tensor
+              ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """For a block: ``(visible, correction)``.
+
+        ``query_positions``: ``(batch or 1, rows)``; ``key_positions``: ``(batch or 1, keys)``.
+        ``visible``: ``(batch or 1, 1, rows, keys)`` bool, or None (no key hidden);
+        ``correction``: ``(batch or 1, heads, rows, keys)`` float32, ``m_h * (i - j - rel)``, added
+        to the model's bias ``-m_h (i - j)`` (up to a constant per row) to make it ``-m_h * rel``.
+        """
+        queries, keys = query_positions[:, :, None], key_positions[:, None, :]
+        assignment = assign_positions(self.method, self.options, self.original_length, queries, keys)
+        excess = ((queries - keys).to(torch.float64) - relative_positions(assignment, queries, keys)).to(torch.float32)
+        correction = self.slopes.to(excess.device)[None, :, None, None] * excess[:, None]
+        visible = None if assignment.visible is None else assignment.visible[:, None]
+        return visible, correction
+
+
 # ----------------------------------------------------------------------------- the attention core
 def _block_rows(batch: int, heads: int, keys: int, itemsize: int) -> int:
     rows = BLOCK_BYTES // max(1, batch * heads * keys * itemsize)
@@ -142,7 +199,8 @@ def _block_rows(batch: int, heads: int, keys: int, itemsize: int) -> int:
 
 
 def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            key_bias: torch.Tensor | None, mask, scale: float) -> torch.Tensor:
+                            key_bias: torch.Tensor | None, mask, scale: float,
+                            position_method: AlibiPositionMethod | None = None) -> torch.Tensor:
     """``softmax(q k^T * scale + bias + mask) v``, a block of query rows at a time.
 
     The per-head bias rides in the dot product: ``q' = [q, 1]``, ``k' = [k, bias / scale]``
@@ -160,6 +218,10 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
             the mask already holds the bias.
         mask: a :class:`RowBlockMask`; a 4-D tensor broadcastable to ``(batch, heads, queries,
             keys)``, boolean (True: attend) or additive float; or None (causal).
+        position_method: an attention-level method (``lm_infinite``) applied on top: in the
+            blocks it changes, its hidden keys join the mask and its bias correction makes the
+            mask per head (``batch x heads x rows x keys``); the keys no row of the block sees
+            are left out of the block's SDPA call. Needs a :class:`RowBlockMask` or None.
     Returns:
         ``(batch, heads, queries, head_dim)``. A query row with no key to attend to (a
         padding position) gets the mean of all values, as eager attention gives it
@@ -180,12 +242,22 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     out = torch.empty(batch, heads, q_len, head_dim, dtype=value.dtype, device=device)
     step = _block_rows(batch, heads, keys, query.element_size())
     first_query = keys - q_len if mask is None else (mask.first_query if isinstance(mask, RowBlockMask) else None)
+    key_positions = None
+    if position_method is not None:
+        if first_query is None:
+            raise ValueError(
+                f"scaling={position_method.method} on ALiBi builds its mask from the 2-D attention mask and "
+                "cannot combine with a dense 4-D mask (a caller's own, or a static cache's). Pass a 2-D "
+                "attention_mask and use the default dynamic cache.")
+        key_positions = (mask.key_positions() if isinstance(mask, RowBlockMask)
+                         else torch.arange(keys, device=device)[None])
     if isinstance(mask, RowBlockMask) and mask.plain_causal and mask.padding is None:
         mask = None  # causality alone, known from first_query: cheaper than transformers' general mask
     for start in range(0, q_len, step):
         stop = min(q_len, start + step)
         empty_rows = None
         key_end = keys
+        per_head = False  # a position method's block: its mask differs per head
         if isinstance(mask, torch.Tensor):
             rows = mask[:, :, start:stop] if mask.shape[2] != 1 else mask
             block_mask = (torch.zeros((), dtype=dtype, device=device).masked_fill(~rows, lowest)
@@ -201,13 +273,29 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                 full = mask.rows(start, stop)  # (batch, 1, rows, keys)
                 empty_rows = ~full.any(dim=-1)
                 keep = full[..., :key_end]
-            block_mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, lowest)
-        block_key = key[:, :, :key_end]
+            # the largest distance in the block: positions count real tokens, so never more than indices
+            if position_method is not None and position_method.changes(first_query + stop - 1):
+                keep = keep.reshape(-1, 1, stop - start, key_end)
+                query_positions = key_positions[:, first_query + start:first_query + stop]
+                visible, correction = position_method.block(query_positions, key_positions[:, :key_end])
+                if visible is not None:
+                    keep = keep & visible
+                block_mask = correction.to(dtype).masked_fill(~keep, lowest)  # (batch or 1, heads, rows, keys)
+                per_head = True
+            else:
+                block_mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, lowest)
+        block_key, block_value = key[:, :, :key_end], value[:, :, :key_end]
         if key_bias is not None:
             bias = key_bias[..., :key_end] - key_bias[..., key_end - 1:key_end]
             block_key = torch.cat([block_key, (bias / scale).transpose(-1, -2).to(dtype)], dim=-1)
+        if per_head:  # leave out the keys no row of the block sees (LM-Infinite's middle)
+            seen = keep.reshape(-1, key_end).any(dim=0)
+            if bool(seen.any()) and not bool(seen.all()):  # (none seen: only padding rows, filled below)
+                columns = seen.nonzero().squeeze(-1)
+                block_key, block_value = block_key[:, :, columns], block_value[:, :, columns]
+                block_mask = block_mask[..., columns]
         attended = F.scaled_dot_product_attention(
-            query[:, :, start:stop], block_key, value[:, :, :key_end], attn_mask=block_mask, scale=scale,
+            query[:, :, start:stop], block_key, block_value, attn_mask=block_mask, scale=scale,
         )
         out[:, :, start:stop] = attended[..., :head_dim]
         if empty_rows is not None and bool(empty_rows.any()):
@@ -246,12 +334,14 @@ def flash_alibi_attention(query, key, value, slopes: torch.Tensor, scale: float)
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, key_bias, mask, scale, flash_slopes: Callable[[], torch.Tensor]):
-    from lmeval_ctx.alibi_patch import attention_choice  # the scaled model's setting, for this call
+def _attend(query, key, value, key_bias, mask, scale, slopes: Callable[[], torch.Tensor]):
+    """``slopes()``: the slopes in the units of ``key_bias`` (the model's scaling of its bias applied)."""
+    from lmeval_ctx.alibi_patch import active_position_method, attention_choice  # this call's setting
 
-    if _flash_applies(attention_choice(), query, key, mask):
-        return flash_alibi_attention(query, key, value, flash_slopes(), scale)
-    return blocked_alibi_attention(query, key, value, key_bias, mask, scale)
+    position_method = active_position_method(slopes)
+    if position_method is None and _flash_applies(attention_choice(), query, key, mask):
+        return flash_alibi_attention(query, key, value, slopes(), scale)
+    return blocked_alibi_attention(query, key, value, key_bias, mask, scale, position_method)
 
 
 def _no_attention_weights(output_attentions: bool) -> None:

@@ -16,7 +16,9 @@ per-model change has three parts:
    modules replaced by :mod:`lmeval_ctx.alibi_attention`'s (set on the module instances),
    and its causal mask asked for in row blocks instead of a dense ``length x length`` tensor.
 
-The slope maths is :mod:`lmeval_ctx.methods.alibi`.
+The slope maths is :mod:`lmeval_ctx.methods.alibi`. ``lm_infinite`` (LM-Infinite, Han et al.
+2023, arXiv:2308.16137) keeps the slopes and is applied by the blocked attention, so it
+needs ``attention`` other than ``transformers``.
 """
 
 from __future__ import annotations
@@ -25,23 +27,57 @@ import contextvars
 import functools
 import importlib
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from lmeval_ctx import alibi_attention
 from lmeval_ctx.architectures import ALIBI_ARCHITECTURES, AlibiArchitecture, alibi_architecture
-from lmeval_ctx.methods.alibi import ALIBI_METHODS
+from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS, ATTENTION_METHOD_OPTIONS
+from lmeval_ctx.methods.alibi import ALIBI_METHODS, UNSCALED_SLOPE_METHODS
+from lmeval_ctx.methods.attention import resolve_attention_options
 
 
 @dataclass(frozen=True)
 class AlibiScaling:
-    """A slope method bound to its factor and the model's trained length."""
+    """A slope method bound to its factor and the model's trained length.
+
+    ``options``: an attention-level method's resolved options (``lm_infinite``: ``global_tokens``
+    and ``local_window``, from :func:`lmeval_ctx.methods.attention.resolve_attention_options`).
+    """
 
     method: str
-    factor: float
-    original_length: int
+    factor: float | None
+    original_length: int | None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in ALIBI_METHODS:
+            raise ValueError(f"scaling={self.method!r} has no ALiBi form here; ALiBi methods: "
+                             f"{', '.join(ALIBI_METHODS)}.")
+        if self.method in ALIBI_ATTENTION_METHODS:
+            missing = sorted(ATTENTION_METHOD_OPTIONS[self.method] - set(self.options))
+            if missing or self.original_length is None:
+                raise ValueError(
+                    f"AlibiScaling({self.method!r}) needs original_length and its resolved options "
+                    f"({', '.join(sorted(ATTENTION_METHOD_OPTIONS[self.method]))}); missing: "
+                    f"{', '.join(missing + ([] if self.original_length is not None else ['original_length']))}. "
+                    "Build it with AlibiScaling.from_extension(resolve_extension(...)).")
+            # the values checked as for RoPE models (all present, so no default is filled in)
+            object.__setattr__(self, "options", resolve_attention_options(self.method, self.options,
+                                                                          self.original_length, None))
+
+    @classmethod
+    def from_extension(cls, ext) -> "AlibiScaling":
+        """The scaling a resolved :class:`lmeval_ctx.extension.ContextExtension` of an ALiBi model asks for."""
+        own = ATTENTION_METHOD_OPTIONS.get(ext.method, frozenset())
+        return cls(ext.method, ext.factor, ext.original_max_length,
+                   {key: value for key, value in ext.options.items() if key in own})
+
+    @property
+    def scales_slopes(self) -> bool:
+        return self.method not in UNSCALED_SLOPE_METHODS
 
     def slopes(self, base: list[float], current_length: int) -> list[float]:
         return ALIBI_METHODS[self.method](base, self.factor, self.original_length, current_length)
@@ -66,7 +102,8 @@ class _ActiveCall:
 
     @property
     def scaled(self) -> bool:
-        return self.installed.scaling.method != "none"
+        """The slopes differ from the architecture's own (else its own slope code runs)."""
+        return self.installed.scaling.scales_slopes
 
     @property
     def blocked(self) -> bool:
@@ -211,6 +248,11 @@ def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling, attenti
     """
     arch = _architecture(model)
     attention = alibi_attention.validate_attention_choice(attention)
+    if scaling.method in ALIBI_ATTENTION_METHODS and attention == "transformers":
+        raise ValueError(
+            f"scaling={scaling.method} hides keys and caps the ALiBi distance inside ctx-hf's ALiBi attention, "
+            "which alibi_attention='transformers' turns off (transformers' own attention adds the plain bias). "
+            "Use alibi_attention=auto (the default) or alibi_attention=blocked.")
     modules = _attention_modules(model, arch)
     _install_dispatchers(arch)
     base = model.base_model
@@ -236,6 +278,19 @@ def attention_choice() -> str:
     """The running scaled model's ``attention`` setting (``transformers`` outside its forward)."""
     active = _ACTIVE.get()
     return "transformers" if active is None else active.installed.attention
+
+
+def active_position_method(slopes: Callable[[], torch.Tensor]) -> alibi_attention.AlibiPositionMethod | None:
+    """The running model's attention-level method (``lm_infinite``) in its ALiBi form, or None.
+
+    ``slopes()``: the current call's slopes in the units of the attention's key bias.
+    """
+    active = _ACTIVE.get()
+    if active is None or active.installed.scaling.method not in ALIBI_ATTENTION_METHODS:
+        return None
+    scaling = active.installed.scaling
+    return alibi_attention.AlibiPositionMethod(scaling.method, dict(scaling.options), int(scaling.original_length),
+                                               slopes())
 
 
 def active_slopes(bfloat16: bool = False) -> torch.Tensor:

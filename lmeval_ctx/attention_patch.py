@@ -20,11 +20,11 @@ The function (:func:`method_attention`), per layer that carries a setting:
   the length. The cache keeps keys at their true positions; each call re-rotates copies.
 
 Layers whose attention spans at most the trained length (sliding windows ``<= L``, see
-:func:`kept_layer_types`), inputs whose
-distances the method leaves unchanged, and models with neither, go through transformers'
-SDPA function with the same mask. Positions: a row's tokens have consecutive positions,
-as transformers assigns them (left padding included), so key ``k`` of a row is at
-``position of its last query - (keys - 1 - k)``.
+:func:`kept_layer_types`), inputs whose distances the method leaves unchanged (or, for DCA,
+which changes pairs by the chunks their absolute positions fall in, whose positions all lie in
+its first chunk), and models with neither, go through transformers' SDPA function with the same
+mask. Positions: a row's tokens have consecutive positions, as transformers assigns them (left
+padding included), so key ``k`` of a row is at ``position of its last query - (keys - 1 - k)``.
 """
 
 from __future__ import annotations
@@ -181,7 +181,9 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
     if setting.logn:
         query = query * logn_scale(query_positions, setting.original_length)[:, None, :, None].to(query.dtype)
     method = ATTENTION_METHOD_REGISTRY.get(setting.method) if setting.method else None
-    if method is None or keys - 1 <= method.unchanged_up_to(setting.options, setting.original_length):
+    if (method is None or keys - 1 <= method.unchanged_up_to(setting.options, setting.original_length)
+            or (method.unchanged_below is not None  # a real key's position is in [0, its query's]
+                and int(query_positions.max()) < method.unchanged_below(setting.options, setting.original_length))):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if dropout:
         raise ValueError("the attention-level methods are for evaluation; this model is in training mode with dropout.")

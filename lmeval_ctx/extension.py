@@ -20,6 +20,7 @@ from typing import Any
 from lmeval_ctx.architectures import alibi_architecture
 from lmeval_ctx.args import parse_optional_bool
 from lmeval_ctx.methods import (
+    ALIBI_ATTENTION_METHODS,
     ATTENTION_METHOD_OPTIONS,
     ATTENTION_METHODS,
     LENGTH_DEPENDENT_METHODS,
@@ -76,9 +77,10 @@ class ContextExtension:
 
     @property
     def attention_level(self) -> bool:
-        """True when attention itself changes (an attention-level method, or logn): the
-        attention function of :mod:`lmeval_ctx.attention_patch` is installed on the model."""
-        return self.method in ATTENTION_METHODS or bool(self.options.get("logn"))
+        """True when a RoPE model's attention itself changes (an attention-level method, or logn):
+        the attention function of :mod:`lmeval_ctx.attention_patch` is installed on the model.
+        On ALiBi models ``lm_infinite`` runs inside the ALiBi attention (:mod:`lmeval_ctx.alibi_patch`)."""
+        return self.family == "rope" and (self.method in ATTENTION_METHODS or bool(self.options.get("logn")))
 
     @property
     def length_dependent(self) -> bool:
@@ -116,6 +118,14 @@ class ContextExtension:
             out["kept_layer_types"] = dict(self.kept_layer_types)
             if not self.rope_layer_types:
                 out["layer_types_note"] = SHARED_ROPE_NOTE
+        if self.family == "alibi" and self.method in ALIBI_ATTENTION_METHODS:
+            out["alibi_positions"] = {
+                "slopes": "the model's own (unscaled)",
+                "visible_keys": (f"the first {self.options['global_tokens']} tokens and the last "
+                                 f"{self.options['local_window']} keys (key j seen by query i iff "
+                                 f"j < {self.options['global_tokens']} or i - j < {self.options['local_window']})"),
+                "bias": f"-slope * min(i - j, {self.original_max_length})",
+            }
         if applied:
             out.update(applied)
         return out
@@ -313,13 +323,14 @@ def resolve_extension(
     neighbor_window=None,
     global_tokens=None,
     local_window=None,
+    chunk_size=None,
 ) -> ContextExtension:
     """Validate a request against ``config``; raise ValueError naming the argument and the fix.
 
     ``replace_rope_scaling`` may be a bool or its spelling from ``--model_args`` (``no``, ``true``,
     ...); ``scale_layer_types`` overrides :func:`layer_types_to_scale`'s rule. ``rope_theta``
     (a RoPE base override, applied before the method) and ``logn`` (log-n query scaling)
-    combine with every RoPE method; ``window`` ... ``local_window`` are the attention-level
+    combine with every RoPE method; ``window`` ... ``chunk_size`` are the attention-level
     methods' options (:mod:`lmeval_ctx.methods.attention`).
     """
     replace_rope_scaling = bool(parse_optional_bool(replace_rope_scaling, "replace_rope_scaling"))
@@ -333,14 +344,18 @@ def resolve_extension(
                "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
                "rope_theta": rope_theta, "logn": logn or None, "window": window, "leak": leak,
                "group_size": group_size, "neighbor_window": neighbor_window, "global_tokens": global_tokens,
-               "local_window": local_window}
+               "local_window": local_window, "chunk_size": chunk_size}
+    # an ALiBi model takes an attention-level method's own options (lm_infinite's)
+    alibi_takes = ATTENTION_METHOD_OPTIONS[method] if family == "alibi" and method in ALIBI_ATTENTION_METHODS \
+        else frozenset()
     if family == "rope" or method == "yarn":
         validate_rope_options(method, options, {**ROPE_METHOD_OPTIONS, **ATTENTION_METHOD_OPTIONS})
-    elif any(v is not None for v in options.values()):
+    elif any(v is not None and k not in alibi_takes for k, v in options.items()):
         raise ValueError(
-            f"{', '.join(k for k, v in options.items() if v is not None)} are options for RoPE models (YaRN "
-            f"options for RoPE models, llama3's, rope_theta, logn, the attention-level methods'); this {model_type} "
-            f"model uses {family} positions. Remove them."
+            f"{', '.join(k for k, v in options.items() if v is not None and k not in alibi_takes)} are options "
+            f"for RoPE models (YaRN options for RoPE models, llama3's, rope_theta, logn, the attention-level "
+            f"methods'); this {model_type} model uses {family} positions. Remove them"
+            + (f" (scaling={method} takes {', '.join(sorted(alibi_takes))} here)." if alibi_takes else ".")
         )
     options = {k: (v if k in ATTENTION_ONLY_OPTIONS else True if k == "logn" else float(v))
                for k, v in options.items() if v is not None}
@@ -409,7 +424,8 @@ def resolve_extension(
             "e.g. original_max_length=2048 for BLOOM."
         )
 
-    if method in ATTENTION_METHODS or options.get("logn"):
+    if family == "rope" and (method in ATTENTION_METHODS or options.get("logn")):
+        # (ALiBi models run lm_infinite in their own attention: lmeval_ctx.alibi_attention)
         from lmeval_ctx.methods.attention import check_architecture  # needs torch
 
         check_architecture(f"scaling={requested}" if method in ATTENTION_METHODS else "logn=true", model_type)

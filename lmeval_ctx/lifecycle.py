@@ -33,16 +33,17 @@ from lmeval_ctx.extension import (
     restore_extension_fields,
     snapshot_extension_fields,
 )
+from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS
 
 # The request's arguments: ctx-hf's and ctx-vllm's names for them.
 EXTENSION_ARGS = ("scaling", "factor", "original_max_length", "max_length", "beta_fast", "beta_slow",
                   "attention_factor", "replace_rope_scaling", "scale_layer_types", "low_freq_factor",
                   "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size", "neighbor_window",
-                  "global_tokens", "local_window")
+                  "global_tokens", "local_window", "chunk_size")
 # The method's own arguments: a re-application does not carry them over from the previous method
 # (the modifiers rope_theta and logn, which combine with every method, are carried over).
 METHOD_ARGS = ("factor", "beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
-               "window", "leak", "group_size", "neighbor_window", "global_tokens", "local_window")
+               "window", "leak", "group_size", "neighbor_window", "global_tokens", "local_window", "chunk_size")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,12 @@ def extend(config, request: dict, *, model=None, previous: ExtensionState | None
             f"Falcon with alibi=True); this {extension.model_type} model uses {extension.family} positions. "
             "Remove alibi_attention."
         )
+    if (extension.family == "alibi" and extension.method in ALIBI_ATTENTION_METHODS
+            and (alibi_options or {}).get("attention") == "transformers"):
+        raise ValueError(
+            f"scaling={extension.method} masks keys and caps distances inside ctx-hf's ALiBi attention; "
+            "alibi_attention='transformers' keeps transformers' own attention, which cannot. "
+            "Use alibi_attention=auto (or blocked), or another scaling.")
     restore_extension_fields(config, shipped)
     applied = apply_to_config(config, extension)
     state = ExtensionState(
@@ -130,7 +137,7 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
     if ext.family == "alibi":
         # every ALiBi model, scaling=none included: the attention path (memory linear in the
         # length) is installed with the slopes
-        install_alibi_scaling(model, AlibiScaling(ext.method, ext.factor, ext.original_max_length),
+        install_alibi_scaling(model, AlibiScaling.from_extension(ext),
                               **state.alibi_options)
         applied["alibi_attention"] = state.alibi_options.get("attention") or "auto"
         if ext.method != "none":

@@ -65,9 +65,10 @@ class CtxHFLM(HFLM):
         low_freq_factor, high_freq_factor: llama3's (defaults 1 and 4, Llama 3.1's).
         rope_theta: a RoPE base override, applied before any method (also with scaling=none).
         logn: true scales queries beyond the trained length by log_L(position) (any RoPE method).
-        window, leak, group_size, neighbor_window, global_tokens, local_window: the
+        window, leak, group_size, neighbor_window, global_tokens, local_window, chunk_size: the
             attention-level methods' options (rerope: window; leaky_rerope: window, leak;
-            self_extend: group_size, neighbor_window; lm_infinite: global_tokens, local_window).
+            self_extend: group_size, neighbor_window; lm_infinite: global_tokens, local_window;
+            dual_chunk: chunk_size, local_window).
         replace_rope_scaling: allow replacing a RoPE scaling the checkpoint already ships
             (true/false/yes/no/1/0).
         scale_layer_types: on models with per-layer-type RoPE (Gemma 2/3 style ``layer_types``),
@@ -90,7 +91,7 @@ class CtxHFLM(HFLM):
     CONTEXT_ARGS = ("scaling", "factor", "original_max_length", "beta_fast", "beta_slow", "attention_factor",
                     "replace_rope_scaling", "scale_layer_types", "alibi_attention", "max_length", "truncation",
                     "low_freq_factor", "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size",
-                    "neighbor_window", "global_tokens", "local_window")
+                    "neighbor_window", "global_tokens", "local_window", "chunk_size")
 
     def __init__(
         self,
@@ -116,6 +117,7 @@ class CtxHFLM(HFLM):
         neighbor_window: int | None = None,
         global_tokens: int | None = None,
         local_window: int | None = None,
+        chunk_size: int | None = None,
         **kwargs,
     ) -> None:
         reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
@@ -127,7 +129,7 @@ class CtxHFLM(HFLM):
                        scale_layer_types=scale_layer_types, low_freq_factor=low_freq_factor,
                        high_freq_factor=high_freq_factor, rope_theta=rope_theta, logn=logn, window=window,
                        leak=leak, group_size=group_size, neighbor_window=neighbor_window,
-                       global_tokens=global_tokens, local_window=local_window)
+                       global_tokens=global_tokens, local_window=local_window, chunk_size=chunk_size)
         truncation = False if truncation is None else parse_bool(truncation, "truncation")
         built = not isinstance(pretrained, str)
         # The extension's state, the one field for it: for a checkpoint, written into the config by

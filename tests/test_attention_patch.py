@@ -48,11 +48,24 @@ def visible_lm_infinite(i, j, o):
     return ((i - j) < o["local_window"]) | (j < o["global_tokens"])
 
 
+def rel_dual_chunk(i, j, o):
+    """DCA: query at i mod s (same chunk), s + i mod s or c - 1 (the chunk before: the first
+    local_window queries of a chunk or the rest), c - 1 (earlier); key at j mod s."""
+    c = o["original_max_length"]
+    s, w = c * 3 // 4, o["local_window"]  # the default chunk size
+    apart = i // s - j // s
+    succ = torch.where(i % s < w, s + i % s, torch.tensor(c - 1))
+    query = torch.where(apart == 0, i % s, torch.where(apart == 1, succ, torch.tensor(c - 1)))
+    return query - j % s
+
+
 CASES = {
     "rerope": (dict(window=20), rel_rerope, None),
     "leaky_rerope": (dict(window=20, leak=3.0), rel_leaky_rerope, None),
     "self_extend": (dict(group_size=3, neighbor_window=16), rel_self_extend, None),
     "lm_infinite": (dict(global_tokens=4, local_window=30), rel_lm_infinite, visible_lm_infinite),
+    # a trained length of 24 puts the 72 tokens in four chunks of the default 18 (3/4 of it)
+    "dual_chunk": (dict(original_max_length=24, local_window=3), rel_dual_chunk, None),
     "none": ({}, lambda i, j, o: i - j, None),  # with logn=true below
 }
 
@@ -163,11 +176,13 @@ def test_logits_match_the_definition(arch, method):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_identities_equal_none_exactly(arch):
     """Inside the trained length (128): group size 1, a ReRoPE window and an LM-Infinite local
-    window at least the length change no pair, and the logits are none's, bit for bit."""
+    window at least the length, and DCA's default chunk (96) longer than the input, change no
+    pair, and the logits are none's, bit for bit."""
     plain = tiny(arch)
     for request in (dict(scaling="self_extend", group_size=1, neighbor_window=8),
                     dict(scaling="rerope", window=LENGTH),
-                    dict(scaling="lm_infinite", local_window=LENGTH)):
+                    dict(scaling="lm_infinite", local_window=LENGTH),
+                    dict(scaling="dual_chunk", local_window=2)):
         model = tiny(arch)
         extend(model.config, request, model=model)
         assert model.config._attn_implementation == attention_patch.IMPLEMENTATION
@@ -176,7 +191,8 @@ def test_identities_equal_none_exactly(arch):
 
 
 @pytest.mark.parametrize("method, arch", [("rerope", "llama"), ("leaky_rerope", "qwen2"), ("self_extend", "gpt_neox"),
-                                          ("lm_infinite", "llama"), ("none", "gpt_neox")])
+                                          ("lm_infinite", "llama"), ("dual_chunk", "qwen2"),
+                                          ("dual_chunk", "gpt_neox"), ("none", "gpt_neox")])
 def test_kv_cache_decoding_equals_a_full_forward(arch, method):
     """A prefill past the trained length, then one token at a time from the cache (which holds
     keys at their true positions), gives the full forward's logits; log-n scaling on throughout."""

@@ -44,6 +44,16 @@ def test_original_length_is_read_from_each_kind_of_config():
     (llama(), dict(scaling="pi", factor="big"), r"factor='big' is not a number"),
     (llama(), dict(scaling="ntk_alibi", factor=2), r"ntk_alibi.*this model uses RoPE.*scaling=ntk"),
     (transformers.BloomConfig(), dict(scaling="yarn", factor=2, original_max_length=2048), r"yarn.*ALiBi"),
+    (transformers.BloomConfig(), dict(scaling="rerope", window=16, original_max_length=2048),
+     r"scaling='rerope' changes the relative positions RoPE rotates by and has no ALiBi form.*lm_infinite"),
+    (transformers.MptConfig(), dict(scaling="self_extend", group_size=4, neighbor_window=16),
+     r"scaling='self_extend'.*has no ALiBi form"),
+    (transformers.FalconConfig(alibi=True), dict(scaling="leaky_rerope", window=16), r"leaky_rerope.*no ALiBi form"),
+    (transformers.BloomConfig(), dict(scaling="lm_infinite", original_max_length=2048, window=16),
+     r"window are options for RoPE models.*scaling=lm_infinite takes global_tokens, local_window here"),
+    (transformers.BloomConfig(), dict(scaling="lm_infinite", original_max_length=2048, local_window=0),
+     r"local_window=0 must be a whole number >= 1"),
+    (transformers.BloomConfig(), dict(scaling="lm_infinite"), r"original_max_length is required.*BLOOM"),
     (transformers.GPT2Config(), dict(scaling="pi", factor=2), r"gpt2 model has learned absolute position"),
     (transformers.OPTConfig(), dict(scaling="ntk", factor=2), r"opt model has learned absolute position"),
     (transformers.GPT2Config(n_positions=1024), dict(max_length=2048), r"max_length=2048 exceeds the 1024 learned"),
@@ -138,3 +148,13 @@ def test_mpt_max_seq_len_is_raised_to_the_window():
     config = transformers.MptConfig(max_seq_len=2048)
     applied = apply_to_config(config, resolve_extension(config, scaling="ntk", factor=4))
     assert config.max_seq_len == 8192 and applied["mpt_max_seq_len"] == {"from": 2048, "to": 8192}
+
+
+@pytest.mark.parametrize("config", [transformers.BloomConfig(), transformers.MptConfig(max_seq_len=2048),
+                                    transformers.FalconConfig(alibi=True)])
+def test_lm_infinite_resolves_on_alibi_models(config):
+    ext = resolve_extension(config, scaling="lm_infinite", original_max_length=2048, global_tokens=4)
+    assert (ext.family, ext.method, ext.factor) == ("alibi", "lm_infinite", None)
+    assert ext.options == {"global_tokens": 4, "local_window": 2048}  # local_window: the trained length
+    assert not ext.attention_level  # runs in the ALiBi attention, not RoPE's attention patch
+    assert ext.record()["alibi_positions"]["visible_keys"].startswith("the first 4 tokens and the last 2048 keys")

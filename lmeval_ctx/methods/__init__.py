@@ -15,16 +15,21 @@ import math
 # The user-facing names; the aliases map onto them.
 # Attention-level methods (RoPE models): they keep the frequencies and change the relative
 # position each query-key pair is given (and, for lm_infinite, which keys a query sees).
-ATTENTION_METHODS = ("rerope", "leaky_rerope", "self_extend", "lm_infinite")
+ATTENTION_METHODS = ("rerope", "leaky_rerope", "self_extend", "lm_infinite", "dual_chunk")
 # Their options (the registry in lmeval_ctx.methods.attention validates the values).
 ATTENTION_METHOD_OPTIONS = {
     "rerope": frozenset({"window"}),
     "leaky_rerope": frozenset({"window", "leak"}),
     "self_extend": frozenset({"group_size", "neighbor_window"}),
     "lm_infinite": frozenset({"global_tokens", "local_window"}),
+    "dual_chunk": frozenset({"chunk_size", "local_window"}),
 }
+# Attention-level methods that also have an ALiBi form: the bias -m_h * rel(i, j) with the
+# method's relative position, and its hidden keys, applied in lmeval_ctx.alibi_attention.
+ALIBI_ATTENTION_METHODS = ("lm_infinite",)
 # Methods for RoPE models only.
-ROPE_ONLY_METHODS = ("yarn", "llama3", "ntk_by_parts") + ATTENTION_METHODS
+ROPE_ONLY_METHODS = ("yarn", "llama3", "ntk_by_parts") + tuple(
+    method for method in ATTENTION_METHODS if method not in ALIBI_ATTENTION_METHODS)
 
 METHOD_NAMES = ("none", "pi", "ntk", "dynamic_ntk", "yarn", "llama3", "ntk_by_parts") + ATTENTION_METHODS
 METHOD_ALIASES = {"linear": "pi", "dynamic": "dynamic_ntk", "ntk_alibi": "ntk", "selfextend": "self_extend"}
@@ -61,7 +66,8 @@ def canonical_method(scaling: str | None, *, family: str | None = None) -> str:
                 else "rescales RoPE frequencies")
         raise ValueError(
             f"scaling={method!r} {what} and has no ALiBi form here; this model uses ALiBi. "
-            "Use scaling=pi (slope interpolation), ntk (NTK-ALiBi) or dynamic_ntk."
+            "Use scaling=pi (slope interpolation), ntk (NTK-ALiBi), dynamic_ntk or lm_infinite (LM-Infinite's "
+            "mask and distance ceiling)."
         )
     return method
 

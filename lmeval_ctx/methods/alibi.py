@@ -12,7 +12,12 @@ changes the slopes ``m_h`` (formulas in docs/methods.md):
   https://zhuanlan.zhihu.com/p/632780188, as summarised in the CSDN post
   "LLM 位置编码及外推" (LLM position encoding and extrapolation);
 - dynamic NTK-ALiBi (``dynamic_ntk``, this project's definition): NTK-ALiBi with
-  ``a = max(1, current_length / original_length)``.
+  ``a = max(1, current_length / original_length)``;
+- LM-Infinite (``lm_infinite``; Han et al. 2023, "LM-Infinite: Zero-Shot Extreme Length
+  Generalization for Large Language Models", arXiv:2308.16137): the slopes unchanged; its
+  Λ-shaped mask and distance ceiling (the bias becomes ``-m_h * min(i - j, L)``) are
+  applied inside the attention (:mod:`lmeval_ctx.alibi_attention`, with the relative
+  positions of :func:`lmeval_ctx.methods.attention.lm_infinite`).
 
 Every method has the signature ``(slopes, factor, original_length, current_length)``
 and returns new slopes; ``slopes`` are the architecture's own base slopes.
@@ -93,6 +98,13 @@ def dynamic_ntk_slopes(slopes: Sequence[float], factor: float, original_length: 
     return ntk_slopes(slopes, scale, original_length, current_length)
 
 
+def lm_infinite_slopes(slopes: Sequence[float], factor: float, original_length: int,
+                       current_length: int) -> list[float]:
+    """LM-Infinite (Han et al. 2023) keeps the model's own slopes: it changes which keys a query
+    sees and caps the distance at the trained length, both in the attention."""
+    return list(slopes)
+
+
 AlibiMethod = Callable[[Sequence[float], float, int, int], list]
 
 ALIBI_METHODS: dict[str, AlibiMethod] = {
@@ -100,4 +112,8 @@ ALIBI_METHODS: dict[str, AlibiMethod] = {
     "pi": pi_slopes,
     "ntk": ntk_slopes,
     "dynamic_ntk": dynamic_ntk_slopes,
+    "lm_infinite": lm_infinite_slopes,
 }
+
+# Methods that keep the architecture's own slopes, so its own slope code runs unchanged.
+UNSCALED_SLOPE_METHODS = frozenset({"none", "lm_infinite"})

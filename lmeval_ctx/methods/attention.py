@@ -25,6 +25,10 @@ Methods (formulas and defaults: docs/attention_methods.md):
 - ``lm_infinite`` (Han et al. 2023, "LM-Infinite: Zero-Shot Extreme Length Generalization
   for Large Language Models", arXiv:2308.16137): key j visible iff ``j < n_global`` or
   ``i - j < n_local``; ``rel = min(i - j, L)``.
+- ``dual_chunk`` (An et al. 2024, "Training-Free Long-Context Scaling of Large Language
+  Models", arXiv:2402.17463; ChunkLlama): chunks of ``s`` positions; ``rel = i - j`` inside a
+  chunk and for the first ``w`` queries of a chunk against the chunk before, else
+  ``rel = (L - 1) - (j mod s)``.
 
 Positions are tensors that broadcast against each other (queries ``(..., Q, 1)``, keys
 ``(..., 1, K)``); nothing here imports transformers.
@@ -89,6 +93,26 @@ def self_extend(query_positions, key_positions, *, group_size: int, neighbor_win
                               torch.div(key_positions, group_size, rounding_mode="floor").to(torch.float64))
 
 
+def dual_chunk(query_positions, key_positions, *, chunk_size: int, local_window: int,
+               original_length: int) -> PositionAssignment:
+    """Dual Chunk Attention (An et al. 2024, arXiv:2402.17463, §3): keys at ``P_k[j] = j mod s``;
+    queries at ``P_q^Intra[i] = i mod s`` against keys of their own chunk, at
+    ``P_q^Succ[i] = s + (i mod s)`` if ``i mod s < w`` else ``c - 1`` against the chunk just
+    before (their eq. 7), and at ``P_q^Inter[i] = c - 1`` against earlier chunks (``c`` = L).
+
+    Intra-chunk pairs get ``(i mod s) - (j mod s) = i - j``; so do the successive-chunk pairs whose
+    query is among the first ``w`` of its chunk: ``s + (i mod s) - (j mod s) = i - j`` when
+    ``floor(i/s) = floor(j/s) + 1``. Those are the near pairs. Every other pair has its query at
+    ``c - 1``: one query position per query and one key position per key, as for the other methods."""
+    query_chunk = torch.div(query_positions, chunk_size, rounding_mode="floor")
+    key_chunk = torch.div(key_positions, chunk_size, rounding_mode="floor")
+    in_window = query_positions - query_chunk * chunk_size < local_window
+    near = (query_chunk == key_chunk) | ((query_chunk - key_chunk == 1) & in_window)
+    return PositionAssignment(near,
+                              torch.full_like(query_positions, original_length - 1, dtype=torch.float64),
+                              torch.remainder(key_positions, chunk_size).to(torch.float64))
+
+
 def lm_infinite(query_positions, key_positions, *, global_tokens: int, local_window: int,
                 original_length: int) -> PositionAssignment:
     """LM-Infinite (Han et al. 2023): the Λ-shaped mask (the first ``global_tokens`` positions
@@ -109,6 +133,10 @@ class AttentionMethod:
     # visible (from the resolved options and the original length): an input whose distances
     # stay within it is attended exactly as without the method.
     unchanged_up_to: Callable[[dict, int], float]
+    # A position below which every pair keeps its true position, whatever its distance (None: no
+    # such bound): DCA changes pairs by the chunks they fall in, so an input whose queries all sit
+    # in the first chunk is attended exactly as without it (the identity chunk_size >= length).
+    unchanged_below: Callable[[dict, int], float] | None = None
 
 
 ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
@@ -117,6 +145,10 @@ ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
     "self_extend": AttentionMethod(self_extend,
                                    lambda o, L: math.inf if o["group_size"] == 1 else o["neighbor_window"] - 1),
     "lm_infinite": AttentionMethod(lm_infinite, lambda o, L: min(o["local_window"] - 1, L)),
+    # a pair at distance d <= w keeps it wherever the chunk boundaries fall: in one chunk, or in
+    # successive chunks with the query's offset i mod s <= d - 1 < w; a changed pair has d >= w + 1
+    "dual_chunk": AttentionMethod(dual_chunk, lambda o, L: o["local_window"],
+                                  unchanged_below=lambda o, L: o["chunk_size"]),
 }
 assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS
 
@@ -147,6 +179,12 @@ def check_architecture(what: str, model_type: str) -> None:
 # Defaults from the papers: LM-Infinite's n_global = 10 (they report 10 to 100 all work) and
 # n_local = the trained length.
 LM_INFINITE_GLOBAL_TOKENS = 10
+
+
+def dual_chunk_default_chunk_size(original_length: int) -> int:
+    """DCA's chunk size: 3/4 of the trained length (An et al. 2024, §4.1: 3072 for Llama 2's 4096;
+    ChunkLlama's ``replace_with_chunkllama`` also takes ``pretraining_length * 3 // 4``); at least 1."""
+    return max(1, original_length * 3 // 4)
 
 
 def _whole(value, name: str, minimum: int) -> int:
@@ -226,4 +264,29 @@ def resolve_attention_options(method: str, options: dict, original_length: int |
         out["global_tokens"] = (LM_INFINITE_GLOBAL_TOKENS if given_global is None
                                 else _whole(given_global, "global_tokens", 0))
         out["local_window"] = L if given_local is None else _whole(given_local, "local_window", 1)
+    if method == "dual_chunk":
+        out.update(_dual_chunk_options(options, L))
     return out
+
+
+def _dual_chunk_options(options: dict, L: int) -> dict:
+    """DCA's chunk size ``s`` (default ``floor(3L/4)``) and local window ``w`` (default ``L - s``, the
+    paper's choice "w = c - s", at most ``s``: a chunk has ``s`` queries), checked so that no relative
+    position exceeds the trained ``L - 1``."""
+    given_chunk, given_local = options.get("chunk_size"), options.get("local_window")
+    chunk = dual_chunk_default_chunk_size(L) if given_chunk is None else _whole(given_chunk, "chunk_size", 1)
+    if chunk > L:
+        raise ValueError(f"chunk_size={chunk} must be at most original_max_length={L}: positions inside a chunk run "
+                         f"up to chunk_size - 1, which the model must have been trained on. Use chunk_size <= {L} "
+                         f"(the paper's choice: {dual_chunk_default_chunk_size(L)}, 3/4 of it).")
+    local = min(L - chunk, chunk) if given_local is None else _whole(given_local, "local_window", 0)
+    if local > chunk:
+        raise ValueError(f"local_window={local} must be at most chunk_size={chunk}: it counts the first queries of a "
+                         f"chunk that see the previous chunk at their true distance, and a chunk has {chunk}. "
+                         f"Use local_window <= {min(chunk, L - chunk)}.")
+    if chunk + local > L:
+        raise ValueError(f"chunk_size={chunk} with local_window={local} reaches relative position {chunk + local - 1} "
+                         f"(a query at chunk offset local_window - 1 against the previous chunk's first key), beyond "
+                         f"the trained {L - 1}. Use chunk_size + local_window <= original_max_length={L}: "
+                         f"local_window <= {L - chunk}, or chunk_size <= {L - local}.")
+    return {"chunk_size": chunk, "local_window": local}

@@ -82,3 +82,9 @@ def test_ntk_alibi_needs_two_heads():
     with pytest.raises(ValueError, match="at least 2 heads"):
         ALIBI_METHODS["ntk"]([0.5], 2.0, 2048, 4096)
     assert math.isclose(ALIBI_METHODS["pi"]([0.5], 2.0, 2048, 4096)[0], 0.25)
+
+
+def test_lm_infinite_keeps_the_slopes():
+    # LM-Infinite changes the mask and caps the distance in the attention; the slopes stay the model's
+    for base in (alibi_slopes(8), mpt_alibi_slopes(12)):
+        assert ALIBI_METHODS["lm_infinite"](base, None, 2048, 8192) == base

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from lmeval_ctx.extension import resolve_extension
-from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, canonical_method
+from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, ROPE_ONLY_METHODS, canonical_method
 from lmeval_ctx.methods.attention import (
     ATTENTION_METHOD_REGISTRY,
     LM_INFINITE_GLOBAL_TOKENS,
@@ -23,6 +23,21 @@ N = 200  # evaluated length: every pair (i, j), j <= i < N
 I, J = torch.arange(N)[:, None], torch.arange(N)[None, :]
 CAUSAL = J <= I
 
+
+
+def rel_dual_chunk(i, j, o):
+    """DCA (An et al. 2024, eqs. 2, 5, 7 and 8): the query's position set by how many chunks lie
+    between query and key, the key's at j mod s."""
+    s, w = o["chunk_size"], o["local_window"]
+    if i // s == j // s:
+        query = i % s  # P_q^Intra
+    elif i // s - j // s == 1:
+        query = s + i % s if i % s < w else L - 1  # P_q^Succ
+    else:
+        query = L - 1  # P_q^Inter
+    return query - j % s
+
+
 # (options, rel(i, j) as each paper defines it, visible(i, j) or None), written pair by pair
 DEFINITIONS = {
     "rerope": (dict(window=16), lambda i, j, o: min(i - j, o["window"]), None),
@@ -35,6 +50,8 @@ DEFINITIONS = {
                     - o["neighbor_window"] // o["group_size"], None),
     "lm_infinite": (dict(global_tokens=3, local_window=20), lambda i, j, o: min(i - j, L),
                     lambda i, j, o: i - j < o["local_window"] or j < o["global_tokens"]),
+    # 200 positions in chunks of 24: intra-, successive- and inter-chunk pairs all occur
+    "dual_chunk": (dict(chunk_size=24, local_window=8), rel_dual_chunk, None),
 }
 
 
@@ -42,8 +59,10 @@ def test_the_registry_is_the_vocabulary():
     assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS == tuple(ATTENTION_METHOD_OPTIONS)
     for method in ATTENTION_METHODS:
         assert canonical_method(method, family="rope") == method
-        with pytest.raises(ValueError, match=f"scaling='{method}'.*ALiBi"):
-            canonical_method(method, family="alibi")
+        if method in ROPE_ONLY_METHODS:
+            with pytest.raises(ValueError, match=f"scaling='{method}'.*ALiBi"):
+                canonical_method(method, family="alibi")
+    assert "dual_chunk" in ROPE_ONLY_METHODS
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -84,6 +103,31 @@ def test_self_extend_with_group_size_one_changes_nothing():
     assert torch.equal(relative_positions(assignment, I, J)[CAUSAL], (I - J).double().expand(N, N)[CAUSAL])
 
 
+def test_dual_chunk_leaves_its_first_chunk_unchanged():
+    """Positions below chunk_size all lie in the first chunk: every pair keeps i - j, whatever the
+    distance (the bound the attention function uses for the identity chunk_size >= length); one
+    position further, a pair at distance 1 already changes when the local window is empty."""
+    options = dict(chunk_size=24, local_window=0)
+    assert ATTENTION_METHOD_REGISTRY["dual_chunk"].unchanged_below(options, L) == 24
+    assignment = assign_positions("dual_chunk", options, L, I, J)
+    unchanged = (relative_positions(assignment, I, J) == (I - J)) & CAUSAL
+    assert unchanged[:24][CAUSAL[:24]].all()
+    assert not unchanged[24, 23] and relative_positions(assignment, I, J)[24, 23] == L - 1 - 23
+    # no other method has such a bound
+    assert [m for m, entry in ATTENTION_METHOD_REGISTRY.items() if entry.unchanged_below] == ["dual_chunk"]
+
+
+def test_dual_chunk_relative_positions_stay_below_the_trained_length():
+    """With the default local window (the largest validation allows: chunk_size + local_window = L,
+    or the whole chunk when it is below L/2), every pair's relative position is one the model was
+    trained on: 0 <= rel <= L - 1."""
+    for chunk_size, local_window in ((1, 1), (16, 16), (32, 32), (48, 16), (64, 0)):
+        options = resolve_attention_options("dual_chunk", {"chunk_size": chunk_size}, L, None)
+        assert options == {"chunk_size": chunk_size, "local_window": local_window}
+        rel = relative_positions(assign_positions("dual_chunk", options, L, I, J), I, J)[CAUSAL]
+        assert rel.min() >= 0 and rel.max() == L - 1
+
+
 def test_defaults_from_the_papers():
     # LM-Infinite: n_global = 10, n_local = the trained length
     assert resolve_attention_options("lm_infinite", {}, L, None) == {"global_tokens": LM_INFINITE_GLOBAL_TOKENS,
@@ -92,6 +136,14 @@ def test_defaults_from_the_papers():
     options = resolve_attention_options("leaky_rerope", {"window": 16}, L, 256)
     assert options["leak"] == pytest.approx((255 - 16) / (L - 1 - 16))
     assert 16 + (256 - 1 - 16) / options["leak"] == pytest.approx(L - 1)
+    # DCA: chunk size 3/4 of the trained length (§4.1: 3072 for Llama 2's 4096), local window
+    # w = c - s (§3.3), each default filled in from the other when one is given
+    assert resolve_attention_options("dual_chunk", {}, 4096, None) == {"chunk_size": 3072, "local_window": 1024}
+    assert resolve_attention_options("dual_chunk", {}, L, None) == {"chunk_size": 48, "local_window": 16}
+    assert resolve_attention_options("dual_chunk", {"chunk_size": "40"}, L, None) == {"chunk_size": 40,
+                                                                                      "local_window": 24}
+    assert resolve_attention_options("dual_chunk", {"local_window": 4}, L, None) == {"chunk_size": 48,
+                                                                                     "local_window": 4}
 
 
 @pytest.mark.parametrize("method, options, max_length, message", [
@@ -108,6 +160,18 @@ def test_defaults_from_the_papers():
     ("self_extend", {"group_size": 2, "neighbor_window": 16}, 512, r"reach relative position .* beyond the trained "
                                                                    r"63.*\(L - w\)\*G \+ w = 112"),
     ("lm_infinite", {"local_window": 0}, None, r"local_window=0 must be a whole number >= 1"),
+    ("dual_chunk", {"chunk_size": 0}, None, r"chunk_size=0 must be a whole number >= 1"),
+    ("dual_chunk", {"chunk_size": "1k"}, None, r"chunk_size='1k' is not a whole number"),
+    ("dual_chunk", {"local_window": -1}, None, r"local_window=-1 must be a whole number >= 0"),
+    ("dual_chunk", {"local_window": 2.5}, None, r"local_window=2.5 must be a whole number >= 0"),
+    ("dual_chunk", {"chunk_size": 65}, None, r"chunk_size=65 must be at most original_max_length=64.*"
+                                             r"Use chunk_size <= 64"),
+    ("dual_chunk", {"chunk_size": 20, "local_window": 30}, None, r"local_window=30 must be at most chunk_size=20"
+                                                                 r".*Use local_window <= 20"),
+    ("dual_chunk", {"chunk_size": 48, "local_window": 20}, None, r"chunk_size=48 with local_window=20 reaches "
+                                                                 r"relative position 67.*beyond the trained 63.*"
+                                                                 r"local_window <= 16, or chunk_size <= 44"),
+    ("dual_chunk", {"local_window": 20}, None, r"chunk_size=48 with local_window=20 reaches"),
 ])
 def test_bad_options_name_the_argument_and_the_fix(method, options, max_length, message):
     with pytest.raises(ValueError, match=message):
@@ -127,9 +191,20 @@ def test_requests_through_resolve_extension():
         resolve_extension(llama, scaling="rerope", window=16, group_size=2)
     with pytest.raises(ValueError, match="window only apply to scaling=rerope or leaky_rerope, not scaling=none"):
         resolve_extension(llama, window=16)
-    with pytest.raises(ValueError, match=r"scaling='lm_infinite'.*ALiBi"):
-        resolve_extension(transformers.BloomConfig(), scaling="lm_infinite", original_max_length=2048)
+    with pytest.raises(ValueError, match=r"scaling='dual_chunk'.*ALiBi"):
+        resolve_extension(transformers.BloomConfig(), scaling="dual_chunk", original_max_length=2048)
     with pytest.raises(ValueError, match="logn=true changes attention.*this model is cohere"):
         resolve_extension(CONFIGS["cohere"](), scaling="pi", factor=2, logn=True)
     with pytest.raises(ValueError, match="logn='maybe'"):
         resolve_extension(llama, logn="maybe")
+    ext = resolve_extension(llama, scaling="dual_chunk", local_window="8")
+    assert ext.attention_level and (ext.options["chunk_size"], ext.options["local_window"]) == (96, 8)
+    ext = resolve_extension(llama, scaling="dual_chunk", chunk_size="40", local_window=8)
+    assert (ext.options["chunk_size"], ext.options["local_window"]) == (40, 8)
+    with pytest.raises(ValueError, match="chunk_size only apply to scaling=dual_chunk, not scaling=rerope"):
+        resolve_extension(llama, scaling="rerope", window=16, chunk_size=8)
+    with pytest.raises(ValueError, match="neighbor_window only apply to scaling=self_extend, not scaling=dual_chunk"):
+        resolve_extension(llama, scaling="dual_chunk", neighbor_window=8)
+    with pytest.raises(ValueError, match="factor only applies together with a RoPE rescaling; remove it for "
+                                         "scaling=dual_chunk"):
+        resolve_extension(llama, scaling="dual_chunk", factor=2)
