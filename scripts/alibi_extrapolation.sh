@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train a small BLOOM (ALiBi) model from scratch on five Austen novels plus passkey prompts
-# (135 s on one H200 GPU, used when CUDA is available; over 2 hours on 2 CPU threads), then
-# evaluate none, pi, ntk and dynamic_ntk on passkey and held-out long-range perplexity at 1x-8x its 256-token window with
-# lmeval-ctx sweep, and write the leaderboard and plots with lmeval-ctx report. Sets itself up
+# (about 9 minutes on 2 CPU cores), then evaluate none, pi, ntk and dynamic_ntk on passkey and
+# held-out long-range perplexity at 1x-8x its 256-token window with lmeval-ctx sweep (about 5
+# minutes), and write the leaderboard and plots with lmeval-ctx report. Sets itself up
 # in .venv-demo. Data: ../shared/data/austen-novels.jsonl (DATA=... to override). Model and runs:
 # runs/alibi_extrapolation/ (git-ignored); table: benchmarks/alibi_extrapolation_result.json.
 # Extra arguments go to benchmarks/alibi_extrapolation.py (e.g. --passkey-samples 10).

@@ -89,12 +89,48 @@ def test_passkey_examples_fit_the_window_and_end_with_the_answer(trained):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rng = random.Random(0)
     for _ in range(5):
-        ids = recipe.passkey_example(tokenizer, rng, WINDOW, 200)
+        ids, targets = recipe.passkey_example(tokenizer, rng, WINDOW, 200)
         assert len(ids) <= WINDOW and ids[-1] == tokenizer.eos_token_id
         text = tokenizer.decode(ids[:-1])
         assert text.startswith("There is an important info hidden")
         key = text.rsplit(" ", 1)[-1]
         assert text.endswith(f"The pass key is {key}") and f"The pass key is {key}. Remember it." in text
+        # the retrieval targets: the key where it is repeated (the needle's second mention, the
+        # answer) and the closing EOS; never the first mention, which nothing before predicts
+        key_ids = tokenizer(" " + key, add_special_tokens=False).input_ids
+        first = next(i for i in range(len(ids)) if ids[i:i + len(key_ids)] == key_ids)
+        assert min(targets) > first + len(key_ids) - 1
+        assert [ids[i] for i in targets] == key_ids + key_ids + [tokenizer.eos_token_id]
+        assert tokenizer.decode([ids[i] for i in targets[:len(key_ids)]]).strip() == key
+
+
+def test_the_retrieval_loss_is_the_mean_over_the_marked_tokens():
+    import torch
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": self.logits})()
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g)
+    inputs = torch.randint(0, 11, (2, 6), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = inputs.masked_fill(mask == 0, -100)
+    retrieval = torch.zeros(2, 6, dtype=torch.bool)
+    retrieval[0, 3] = retrieval[1, 2] = retrieval[1, 5] = True  # (1, 5) is padding: not counted
+    loss, retrieval_loss = recipe.losses_of(Fixed(logits), inputs, mask, labels, retrieval)
+    log_probs = torch.log_softmax(logits, -1)
+
+    def nll(row, position):  # the token at `position`, predicted from the one before
+        return -log_probs[row, position - 1, inputs[row, position]]
+
+    every = [nll(0, p) for p in range(1, 6)] + [nll(1, p) for p in range(1, 4)]
+    torch.testing.assert_close(loss, torch.stack(every).mean())
+    torch.testing.assert_close(retrieval_loss, (nll(0, 3) + nll(1, 2)) / 2)
 
 
 def test_wilson_interval_matches_the_closed_form():
