@@ -15,9 +15,14 @@ The function (:func:`method_attention`), per layer that carries a setting:
   ``R(a) R(b) = R(a + b)``, a pair given relative position ``A(i) - B(j)`` instead of
   ``i - j`` is scored with the query re-rotated by ``A(i) - i`` and the key by ``B(j) - j``
   (rotary dimensions only: GPT-NeoX's partial rotary leaves the rest as it is). A block of
-  queries at a time gets both scores, the true and the re-rotated, merged by the method's
-  ``near`` mask, masked, softmaxed and multiplied by the values, so memory stays linear in
-  the length. The cache keeps keys at their true positions; each call re-rotates copies.
+  queries at a time goes through one ``scaled_dot_product_attention`` call: the queries joined
+  as ``[q_rot, q'_rot, q_pass]``, each key as its true copy ``[k_rot, 0, k_pass]`` (scoring
+  ``q . k``) or its moved copy ``[0, k'_rot, k_pass]`` (scoring ``q' . k'``), and a mask that
+  lets each pair use the copy the method's ``near`` says (and respects causality, padding and
+  the method's ``visible``). Keys near for every row of the block come once, true; keys far
+  for every row once, moved; the band near for some rows and far for others twice. Memory
+  stays linear in the length (a block's masks are bounded, SDPA's fused kernel works in
+  tiles). The cache keeps keys at their true positions; each call re-rotates copies.
 
 Layers whose attention spans at most the trained length (sliding windows ``<= L``, see
 :func:`kept_layer_types`), inputs whose distances the method leaves unchanged (or, for DCA,
@@ -38,8 +43,12 @@ from lmeval_ctx.methods.attention import ATTENTION_ARCHITECTURES, ATTENTION_METH
 
 IMPLEMENTATION = "lmeval_ctx_attention"
 SETTING_ATTRIBUTE = "lmeval_ctx_attention"
-# Scores held at once per block of queries (float32 elements), bounding memory.
-BLOCK_ELEMENTS = 1 << 24
+# Queries per block: small enough that the causal triangle inside a block (which SDPA computes in
+# full, masked) is a small part of the work, large enough that so is gathering the block's keys;
+# fewer when the pairs of a block (its masks, rows x keys) would pass BLOCK_ELEMENTS, so memory
+# stays linear in the length.
+BLOCK_ROWS = 256
+BLOCK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,19 @@ def _sdpa(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def _columns(pairs: torch.Tensor, every: bool = False) -> torch.Tensor:
+    """The keys (..., rows, keys) -> (keys,) for which any pair (every pair, if ``every``) is True."""
+    reduce = torch.all if every else torch.any
+    return reduce(reduce(pairs, dim=-2).flatten(0, -2), dim=0)
+
+
+def _runs(columns: torch.Tensor) -> list[tuple[int, int]]:
+    """The runs ``[a, b)`` of consecutive True in ``columns`` (keys,)."""
+    edges = torch.diff(columns.to(torch.int8), prepend=columns.new_zeros(1, dtype=torch.int8),
+                       append=columns.new_zeros(1, dtype=torch.int8))
+    return list(zip((edges == 1).nonzero()[:, 0].tolist(), (edges == -1).nonzero()[:, 0].tolist()))
+
+
 def method_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs):
     """transformers attention function (see the module docstring); returns ``(output, None)``."""
@@ -176,7 +198,7 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         raise ValueError(f"{type(module).__name__} was called without position_ids; the attention-level methods "
                          "need the query positions transformers passes to the attention function.")
     batch, heads, queries, head_dim = query.shape
-    keys = key.shape[2]
+    kv_heads, keys = key.shape[1], key.shape[2]
     query_positions = position_ids.to(query.device).expand(batch, queries)
     if setting.logn:
         query = query * logn_scale(query_positions, setting.original_length)[:, None, :, None].to(query.dtype)
@@ -187,59 +209,98 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if dropout:
         raise ValueError("the attention-level methods are for evaluation; this model is in training mode with dropout.")
+    if not getattr(module, "is_causal", True):
+        raise ValueError(f"{type(module).__name__} is not causal; the attention-level methods are for decoders.")
     scaling = head_dim ** -0.5 if scaling is None else scaling
     # the row's last query is its key at index keys - 1; its keys have consecutive positions
     key_positions = (torch.arange(keys, device=query.device)[None, :]
                      + (query_positions[:, -1:] - (keys - 1)))
-    repeats = heads // key.shape[1]
-    key = key.repeat_interleave(repeats, dim=1) if repeats > 1 else key
-    value = value.repeat_interleave(repeats, dim=1) if repeats > 1 else value
     work = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
-    # the scale folded into the queries once: scores come out scaled (a pass fewer per block)
-    query_w, key_w, value_w = query.to(work) * scaling, key.to(work), value.to(work)
-    key_index = torch.arange(keys, device=query.device)
-    block = max(1, min(queries, BLOCK_ELEMENTS // max(1, batch * heads * keys)))
-    if not getattr(module, "is_causal", True):
-        raise ValueError(f"{type(module).__name__} is not causal; the attention-level methods are for decoders.")
-    output = torch.empty(batch, heads, queries, value.shape[-1], dtype=work, device=query.device)
-    lowest = torch.finfo(work).min
+    query_w, key_w, value_w = query.to(work), key.to(work), value.to(work)
+    rot, value_dim = setting.rotary_dim, value.shape[-1]
     # B(j) depends on the key alone: the keys are re-rotated once per call, not once per block
     key_offsets = (assign_positions(setting.method, setting.options, setting.original_length,
                                     query_positions[:, :1, None], key_positions[:, None, :])
                    .key_position.expand(batch, 1, keys)[:, 0] - key_positions)
-    moved_keys = rotate(key_w, key_offsets, setting.inv_freq)
+    moved_keys = rotate(key_w[..., :rot], key_offsets, setting.inv_freq)
+    # Queries [q_rot, q'_rot, q_pass] score q . k against a key's true copy [k_rot, 0, k_pass] and
+    # q' . k' against its moved copy [0, k'_rot, k_pass] (the pass-through dimensions are the same in
+    # both): one product gives every pair the score its kind asks for.
+    zeros = key_w.new_zeros(batch, kv_heads, keys, rot)
+    true_copies = torch.cat((key_w[..., :rot], zeros, key_w[..., rot:]), dim=-1)  # (batch, kv_heads, keys, width)
+    moved_copies = torch.cat((zeros, moved_keys, key_w[..., rot:]), dim=-1)
+    del zeros, moved_keys
+    width = true_copies.shape[-1]
+    block = max(1, min(queries, BLOCK_ROWS, BLOCK_ELEMENTS // max(1, batch * keys)))
+    # each block's key copies and values, gathered into buffers reused from block to block (sized for
+    # every key once plus a band of both copies as wide as the block, grown if a block needs more);
+    # values padded with zeros to the keys' width: torch's fused CPU kernel needs equal widths (with
+    # narrower values SDPA falls back to materialising the scores)
+    keys_buffer = values_buffer = query_w.new_empty(0, 0, 0, 0)
+    room = keys + block
+    output = torch.empty(batch, heads, queries, value_dim, dtype=work, device=query.device)
+    key_index = torch.arange(keys, device=query.device)
+    # int32 positions: the per-pair tensors of the assignment take half the memory traffic
+    pair_query_positions, pair_key_positions = query_positions.to(torch.int32), key_positions.to(torch.int32)
     for start in range(0, queries, block):
         stop = min(queries, start + block)
         seen = min(keys, stop + keys - queries)  # causal: later keys are hidden from every query of the block
-        block_positions, block_key_positions = query_positions[:, start:stop], key_positions[:, :seen]
+        block_positions = query_positions[:, start:stop]
         assignment = assign_positions(setting.method, setting.options, setting.original_length,
-                                      block_positions[:, :, None], block_key_positions[:, None, :])
+                                      pair_query_positions[:, start:stop, None], pair_key_positions[:, None, :seen])
         query_offsets = assignment.query_position.expand(batch, stop - start, 1)[..., 0] - block_positions
         block_query = query_w[:, :, start:stop]
-        moved_query = rotate(block_query, query_offsets, setting.inv_freq)
-        # keys before the first one any query of the block keeps near are scored re-rotated only;
-        # from there on both ways, merged pair by pair
-        near = assignment.near.expand(batch, stop - start, seen)
-        near_keys = near.any(dim=1).any(dim=0)
-        split = int(near_keys.int().argmax()) if bool(near_keys.any()) else seen
-        scores = torch.empty(batch, heads, stop - start, seen, dtype=work, device=query.device)
-        scores[..., :split] = moved_query @ moved_keys[:, :, :split].transpose(-1, -2)
-        if split < seen:
-            true_scores = block_query @ key_w[:, :, split:seen].transpose(-1, -2)
-            moved_scores = moved_query @ moved_keys[:, :, split:seen].transpose(-1, -2)
-            scores[..., split:] = torch.where(near[:, None, :, split:], true_scores, moved_scores)
-            del true_scores, moved_scores
+        moved_query = rotate(block_query[..., :rot], query_offsets, setting.inv_freq)
+        joined_query = torch.cat((block_query[..., :rot], moved_query, block_query[..., rot:]), dim=-1)
+        additive = None
         if attention_mask is None:  # causal: query q sits at key index keys - queries + q
             allowed = (key_index[None, :seen] <= torch.arange(start, stop, device=query.device)[:, None]
                        + keys - queries)[None, None]
         elif attention_mask.dtype == torch.bool:
             allowed = attention_mask[:, :, start:stop, :seen]
-        else:
-            scores += attention_mask[:, :, start:stop, :seen].to(work)
-            allowed = None
+        else:  # an additive mask: every pair takes part, with its bias
+            additive, allowed = attention_mask[:, :, start:stop, :seen].to(work), None
         if assignment.visible is not None:
             allowed = assignment.visible[:, None] if allowed is None else allowed & assignment.visible[:, None]
-        if allowed is not None:
-            scores.masked_fill_(~allowed, lowest)  # lowest, not -inf: a padded row stays finite
-        torch.matmul(torch.softmax(scores, dim=-1), value_w[:, :, :seen], out=output[:, :, start:stop])
+        near = assignment.near[:, None].expand(batch, 1, stop - start, seen)  # (batch, 1, rows, seen)
+        # The copies some pair of the block may use: a key near for every row of the block needs its true
+        # copy only, one far for every row its moved copy only, the band in between both; a key hidden
+        # from every row neither. Taken as runs of consecutive keys (slices gather faster than an index).
+        if allowed is None or (attention_mask is None and assignment.visible is None):  # the last row sees all
+            used = torch.ones(seen, dtype=torch.bool, device=query.device)
+        else:
+            used = _columns(allowed)
+        true_runs, moved_runs = _runs(_columns(near) & used), _runs(~_columns(near, every=True) & used)
+        columns = sum(b - a for a, b in true_runs + moved_runs)
+        if not columns:  # padding rows only: no key to attend to
+            output[:, :, start:stop] = 0
+            continue
+        # which copy each pair uses: (batch, 1 or heads, rows, columns)
+        mask = torch.empty(torch.broadcast_shapes(near.shape, () if allowed is None else allowed.shape)[:-1]
+                           + (columns,), dtype=torch.bool, device=query.device)
+        if keys_buffer.shape[2] < columns:
+            room = max(room, columns)
+            keys_buffer = query_w.new_empty(batch, kv_heads, room, width)
+            values_buffer = query_w.new_zeros(batch, kv_heads, room, width)
+        keys_block, values_block = keys_buffer[:, :, :columns], values_buffer[:, :, :columns]
+        at = 0
+        for runs, copies, kind in ((true_runs, true_copies, True), (moved_runs, moved_copies, False)):
+            for a, b in runs:
+                piece = slice(at, at + b - a)
+                keys_block[:, :, piece] = copies[:, :, a:b]
+                values_block[:, :, piece, :value_dim] = value_w[:, :, a:b]
+                pairs = near[..., a:b] if kind else ~near[..., a:b]
+                if allowed is None:
+                    mask[..., piece] = pairs
+                else:
+                    torch.logical_and(pairs, allowed[..., a:b], out=mask[..., piece])
+                at += b - a
+        # additive, with the lowest number rather than -inf for the pairs left out: a padding row that
+        # has no key left stays finite (its values would reach the real rows as 0 * NaN otherwise)
+        bias = (torch.zeros((), dtype=work, device=query.device) if additive is None
+                else torch.cat([additive[..., a:b] for a, b in true_runs + moved_runs], dim=-1))
+        mask = torch.where(mask, bias, torch.finfo(work).min)
+        output[:, :, start:stop] = torch.nn.functional.scaled_dot_product_attention(
+            joined_query, keys_block, values_block, attn_mask=mask, scale=scaling,
+            enable_gqa=heads != kv_heads)[..., :value_dim]
     return output.to(query.dtype).transpose(1, 2).contiguous(), None

@@ -268,3 +268,48 @@ def test_sliding_window_layers_keep_their_attention():
     assert not torch.allclose(run(model, False), run(plain, False), atol=1e-4)
     del model.model.layers[0].self_attn.__dict__[attention_patch.SETTING_ATTRIBUTE]
     torch.testing.assert_close(run(model, False), run(plain, False), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ("llama", "gpt_neox"))
+@pytest.mark.parametrize("method", [m for m in CASES if m != "none"])
+def test_small_query_blocks_match_the_definition(arch, method, monkeypatch):
+    """Blocks of 5 queries: the 72 tokens span many blocks, and the keys near for some of a block's
+    rows and far for others (each taken twice, once per rotation) fall inside blocks; the logits
+    still match the brute-force reference, padded rows included."""
+    monkeypatch.setattr(attention_patch, "BLOCK_ROWS", 5)
+    options, rel, visible = CASES[method]
+    model = with_method(arch, method, options)
+    reference = tiny(arch)
+    Reference(reference, rel, visible, options, logn=False)
+    for padded in (False, True):
+        real = padded_inputs(padded)[1].bool()
+        torch.testing.assert_close(run(model, padded)[real], run(reference, padded)[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["self_extend", "lm_infinite"])
+def test_an_additive_float_mask_equals_the_boolean_one(method):
+    """A 4D float mask (0 where a pair takes part, the dtype's lowest elsewhere), passed to the
+    model as transformers passes a prepared mask through, gives the boolean padding mask's logits."""
+    model = with_method("llama", method, CASES[method][0])
+    ids, mask, positions = padded_inputs(True)
+    allowed = torch.ones(LENGTH, LENGTH, dtype=torch.bool).tril()[None, None] & mask.bool()[:, None, None, :]
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        got = model(ids, attention_mask=additive, position_ids=positions).logits
+    real = mask.bool()
+    torch.testing.assert_close(got[real], run(model, True)[real], atol=1e-5, rtol=0)
+
+
+def test_half_precision_is_computed_in_float32():
+    """bfloat16 queries, keys and values give the float32 computation's output, rounded once."""
+    model = with_method("qwen2", "rerope", CASES["rerope"][0])
+    module = attention_patch.attention_modules(model)[0]
+    generator = torch.Generator().manual_seed(5)
+    query, key, value = (torch.randn(1, heads, LENGTH, 16, generator=generator).to(torch.bfloat16)
+                         for heads in (4, 2, 2))
+    call = functools.partial(attention_patch.method_attention, module, attention_mask=None, scaling=0.25,
+                             position_ids=torch.arange(LENGTH)[None])
+    half, _ = call(query, key, value)
+    full, _ = call(query.float(), key.float(), value.float())
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half, full.to(torch.bfloat16))
