@@ -1,20 +1,24 @@
 """Peak memory and wall time of one forward pass with each attention-level method.
 
 A Llama-like model (hidden 256, 4 heads, 2 layers, trained length 2048, random float32
-weights, batch 1, CPU) is built in a fresh process per measurement; the method is applied by
-``lmeval_ctx.lifecycle.extend`` exactly as ``ctx-hf`` applies it. Memory: the growth of peak
-resident memory during one forward pass over the resident memory just before it. Wall time:
-the median of ``--repeats`` passes after one warm-up, as a ratio to ``none`` (transformers'
-SDPA) at the middle length, all measured in one run of this script.
+weights, batch 1, CPU) is built; the method is applied by ``lmeval_ctx.lifecycle.extend``
+exactly as ``ctx-hf`` applies it.
 
-Targets (issue 12): memory growth at most 2.2x per doubling of the length for every method;
-wall time at most 2.5x ``none``'s.
+- Memory: in a fresh process per method and length, the growth of peak resident memory
+  during one forward pass over the resident memory just before it.
+- Wall time: in one process holding one model per method, one warm-up pass each, then
+  ``--repeats`` rounds that run every method once in turn (so a change of the machine's load
+  falls on all methods alike); the median per method, as a ratio to ``none`` (transformers'
+  SDPA) at ``--time-length``.
 
-    python benchmarks/attention_methods.py --lengths 2048,4096,8192 --repeats 1
+Targets (issue 12): memory growth at most 2.2x per doubling of the length from 4k to 16k for
+every method; wall time at 8k at most 2.5x ``none``'s.
 
-Settings valid up to 8k on the 2k-trained model: rerope window 512; leaky_rerope window 512,
-leak 6; self_extend group 8, neighbour window 512; lm_infinite with the paper's defaults (at
-2048, inside its local window, it is plain attention); logn with no method.
+    python benchmarks/attention_methods.py --lengths 4096,8192,16384 --time-length 8192 --repeats 3
+
+Settings valid up to 16k on the 2k-trained model: rerope window 512; leaky_rerope window 512,
+leak 11; self_extend group 16, neighbour window 512 (reach (2048 - 512) * 16 + 512 = 25088);
+lm_infinite and dual_chunk with their papers' defaults; logn with no method.
 Results: benchmarks/attention_methods_result.json.
 """
 
@@ -36,9 +40,10 @@ TRAINED = 2048
 REQUESTS = {
     "none": {},
     "rerope": {"scaling": "rerope", "window": 512},
-    "leaky_rerope": {"scaling": "leaky_rerope", "window": 512, "leak": 6},
-    "self_extend": {"scaling": "self_extend", "group_size": 8, "neighbor_window": 512},
+    "leaky_rerope": {"scaling": "leaky_rerope", "window": 512, "leak": 11},
+    "self_extend": {"scaling": "self_extend", "group_size": 16, "neighbor_window": 512},
     "lm_infinite": {"scaling": "lm_infinite"},
+    "dual_chunk": {"scaling": "dual_chunk"},
     "logn": {"logn": True},
 }
 
@@ -48,8 +53,8 @@ def resident_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(method: str, length: int, repeats: int) -> dict:
-    """In this process: build, apply ``method``, one forward pass (memory), then ``repeats`` timed ones."""
+def build(method: str, length: int):
+    """The model with ``method`` applied for inputs of ``length`` tokens."""
     import torch
     import transformers
 
@@ -61,56 +66,102 @@ def measure(method: str, length: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     extend(model.config, {**REQUESTS[method], "max_length": length}, model=model)
-    ids = torch.randint(4, 1000, (1, length), generator=torch.Generator().manual_seed(0))
+    return model
+
+
+def inputs(length: int):
+    import torch
+
+    return torch.randint(4, 1000, (1, length), generator=torch.Generator().manual_seed(0))
+
+
+def measure_memory(method: str, length: int) -> dict:
+    """In this (fresh) process: build, apply ``method``, one forward pass; its peak memory growth."""
+    import torch
+
+    model, ids = build(method, length), inputs(length)
     with torch.no_grad():
         before = resident_mib()
         model(ids, logits_to_keep=1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        times = []
+    return {"growth_mib": round(peak - before, 1)}
+
+
+def measure_times(methods: list[str], length: int, repeats: int) -> dict:
+    """Median seconds of one forward pass per method, the methods alternating round by round."""
+    import torch
+
+    models, ids = {method: build(method, length) for method in methods}, inputs(length)
+    times: dict[str, list[float]] = {method: [] for method in methods}
+    with torch.no_grad():
+        for method in methods:  # warm-up
+            models[method](ids, logits_to_keep=1)
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(ids, logits_to_keep=1)
-            times.append(time.perf_counter() - start)
-    return {"growth_mib": round(peak - before, 1), "seconds": round(statistics.median(times), 3) if times else None}
+            for method in methods:
+                start = time.perf_counter()
+                models[method](ids, logits_to_keep=1)
+                times[method].append(time.perf_counter() - start)
+    return {method: {"seconds": [round(t, 3) for t in spent], "median_seconds": round(statistics.median(spent), 3)}
+            for method, spent in times.items()}
+
+
+def child(command: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", default="2048,4096,8192")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--lengths", default="4096,8192,16384", help="memory: one fresh process per method and length")
+    parser.add_argument("--time-length", type=int, default=8192, help="wall time: the length of the timed passes")
+    parser.add_argument("--repeats", type=int, default=3, help="wall time: rounds over all methods")
     parser.add_argument("--methods", default=",".join(REQUESTS))
     parser.add_argument("--output", default=str(Path(__file__).with_name("attention_methods_result.json")))
-    parser.add_argument("--child", nargs=3, metavar=("METHOD", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--time-child", nargs=3, metavar=("METHODS", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), int(args.child[2]))))
+    if args.memory_child:
+        print(json.dumps(measure_memory(args.memory_child[0], int(args.memory_child[1]))))
         return
+    if args.time_child:
+        print(json.dumps(measure_times(args.time_child[0].split(","), int(args.time_child[1]), int(args.time_child[2]))))
+        return
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in REQUESTS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(REQUESTS)}")
+    if "none" not in methods:
+        parser.error("--methods must include none: wall times are ratios to it")
     lengths = [int(n) for n in args.lengths.split(",")]
-    middle = lengths[len(lengths) // 2]
-    rows = {}
-    for method in args.methods.split(","):
-        rows[method] = {}
+    started = time.perf_counter()
+    memory = {method: {} for method in methods}
+    for method in methods:
         for length in lengths:
-            repeats = args.repeats if length == middle else 0
-            out = subprocess.run([sys.executable, __file__, "--child", method, str(length), str(repeats)],
-                                 capture_output=True, text=True, check=True)
-            rows[method][length] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(method, length, rows[method][length], flush=True)
+            memory[method][length] = child(["--memory-child", method, str(length)])["growth_mib"]
+            print(method, length, memory[method][length], "MiB", flush=True)
+    times = child(["--time-child", ",".join(methods), str(args.time_length), str(args.repeats)])
+    print(json.dumps(times), flush=True)
     summary = {}
-    for method, by_length in rows.items():
-        growth = [by_length[n]["growth_mib"] for n in lengths]
+    for method in methods:
+        growth = [memory[method][n] for n in lengths]
         per_doubling = [round(b / a, 2) for a, b in zip(growth, growth[1:])]
+        ratio = round(times[method]["median_seconds"] / times["none"]["median_seconds"], 2)
         summary[method] = {
             "growth_mib": dict(zip(map(str, lengths), growth)),
             "growth_ratio_per_doubling": per_doubling,
             "growth_target_met": all(r <= 2.2 for r in per_doubling),
-            f"seconds_at_{middle}": by_length[middle]["seconds"],
-            f"time_ratio_to_none_at_{middle}": (round(by_length[middle]["seconds"] / rows["none"][middle]["seconds"], 2)
-                                                if "none" in rows else None),
+            f"seconds_at_{args.time_length}": times[method]["seconds"],
+            f"median_seconds_at_{args.time_length}": times[method]["median_seconds"],
+            f"time_ratio_to_none_at_{args.time_length}": ratio,
+            "time_target_met": ratio <= 2.5,
         }
-    result = {"model": f"llama hidden 256, 4 heads, 2 layers, trained {TRAINED}, float32, batch 1, CPU",
-              "requests": {m: REQUESTS[m] for m in rows}, "lengths": lengths, "repeats": args.repeats,
-              "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "methods": summary}
+    result = {"command": "python benchmarks/attention_methods.py " + " ".join(sys.argv[1:]),
+              "model": f"llama hidden 256, 4 heads, 2 layers, trained {TRAINED}, float32, batch 1, CPU",
+              "requests": {m: REQUESTS[m] for m in methods}, "lengths": lengths, "time_length": args.time_length,
+              "repeats": args.repeats, "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "wall_seconds": round(time.perf_counter() - started, 1), "methods": summary}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
