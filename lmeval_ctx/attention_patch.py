@@ -15,7 +15,13 @@ The function (:func:`method_attention`), per layer that carries a setting:
   ``R(a) R(b) = R(a + b)``, a pair given relative position ``A(i) - B(j)`` instead of
   ``i - j`` is scored with the query re-rotated by ``A(i) - i`` and the key by ``B(j) - j``
   (rotary dimensions only: GPT-NeoX's partial rotary leaves the rest as it is). A block of
-  queries at a time goes through one ``scaled_dot_product_attention`` call: the queries joined
+  queries at a time is attended. On CPU (:func:`split_attention`), each run of consecutive keys
+  that the block's pairs score at true positions goes through torch's fused CPU attention kernel
+  with the true queries and keys, each run scored at moved positions with the moved ones, and
+  the partial results are merged by their log-sum-exp, as flash attention merges its tiles: every
+  pair is computed once, at the head width, and a run that every row of the block takes whole (the
+  keys long before the block, mostly) needs no mask at all. Elsewhere (and where that kernel is
+  missing) the block goes through one ``scaled_dot_product_attention`` call: the queries joined
   as ``[q_rot, q'_rot, q_pass]``, each key as its true copy ``[k_rot, 0, k_pass]`` (scoring
   ``q . k``) or its moved copy ``[0, k'_rot, k_pass]`` (scoring ``q' . k'``), and a mask that
   lets each pair use the copy the method's ``near`` says (and respects causality, padding and
@@ -49,6 +55,9 @@ SETTING_ATTRIBUTE = "lmeval_ctx_attention"
 # stays linear in the length.
 BLOCK_ROWS = 256
 BLOCK_ELEMENTS = 1 << 22
+# On CPU, attend a block's runs of keys separately and merge them (split_attention); False forces
+# the joined single-call path every other device takes (the tests run both).
+SPLIT_ON_CPU = True
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,44 @@ def _runs(columns: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip((edges == 1).nonzero()[:, 0].tolist(), (edges == -1).nonzero()[:, 0].tolist()))
 
 
+def cpu_kernel(device: torch.device):
+    """torch's fused CPU attention kernel, which also returns each row's log-sum-exp, on CPU where
+    torch has it and :data:`SPLIT_ON_CPU` is set; else None (the joined single-call path)."""
+    if not SPLIT_ON_CPU or device.type != "cpu":
+        return None
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def split_attention(kernel, parts, values, allowed, additive, scaling: float) -> torch.Tensor:
+    """One block's attention from runs of keys attended separately, merged by log-sum-exp.
+
+    ``parts``: for the true and the moved positions, ``(runs, queries, keys, pairs)``: the runs
+    ``[a, b)`` of keys, the block's queries (batch, heads, rows, d), every key (batch, heads, keys,
+    d), and which of the block's pairs use these positions (batch, 1, rows, seen). ``allowed``
+    (broadcastable bool, or None: all) and ``additive`` (a float bias, or None) are the block's
+    masks. Softmax over all runs = each run's softmax weighted by ``exp(lse_run - lse_all)``."""
+    outputs, lses = [], []
+    for runs, block_queries, keys, pairs in parts:
+        for a, b in runs:
+            take = pairs[..., a:b] if allowed is None else pairs[..., a:b] & allowed[..., a:b]
+            if additive is None and bool(take.all()):
+                mask = None  # every row takes every key of the run: no mask to build or read
+            else:  # the lowest number, not -inf: a row with no key in this run gets weight 0, not NaN
+                bias = additive[..., a:b] if additive is not None else torch.zeros((), dtype=keys.dtype)
+                mask = torch.where(take, bias, torch.finfo(keys.dtype).min)
+            output, lse = kernel(block_queries, keys[:, :, a:b], values[:, :, a:b], 0.0, False,
+                                 attn_mask=mask, scale=scaling)
+            outputs.append(output)
+            lses.append(lse)
+    if len(outputs) == 1:
+        return outputs[0]
+    weights = torch.softmax(torch.stack(lses), dim=0)  # (runs, batch, heads, rows)
+    merged = outputs[0] * weights[0, ..., None]
+    for output, weight in zip(outputs[1:], weights[1:]):
+        merged.addcmul_(output, weight[..., None])
+    return merged
+
+
 def method_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs):
     """transformers attention function (see the module docstring); returns ``(output, None)``."""
@@ -223,22 +270,34 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
                                     query_positions[:, :1, None], key_positions[:, None, :])
                    .key_position.expand(batch, 1, keys)[:, 0] - key_positions)
     moved_keys = rotate(key_w[..., :rot], key_offsets, setting.inv_freq)
-    # Queries [q_rot, q'_rot, q_pass] score q . k against a key's true copy [k_rot, 0, k_pass] and
-    # q' . k' against its moved copy [0, k'_rot, k_pass] (the pass-through dimensions are the same in
-    # both): one product gives every pair the score its kind asks for.
-    zeros = key_w.new_zeros(batch, kv_heads, keys, rot)
-    true_copies = torch.cat((key_w[..., :rot], zeros, key_w[..., rot:]), dim=-1)  # (batch, kv_heads, keys, width)
-    moved_copies = torch.cat((zeros, moved_keys, key_w[..., rot:]), dim=-1)
-    del zeros, moved_keys
-    width = true_copies.shape[-1]
+    kernel = cpu_kernel(query.device)
     block = max(1, min(queries, BLOCK_ROWS, BLOCK_ELEMENTS // max(1, batch * keys)))
-    # each block's key copies and values, gathered into buffers reused from block to block (sized for
-    # every key once plus a band of both copies as wide as the block, grown if a block needs more);
-    # values padded with zeros to the keys' width: torch's fused CPU kernel needs equal widths (with
-    # narrower values SDPA falls back to materialising the scores)
-    keys_buffer = values_buffer = query_w.new_empty(0, 0, 0, 0)
-    room = keys + block
     output = torch.empty(batch, heads, queries, value_dim, dtype=work, device=query.device)
+    if kernel is not None:
+        # Every key once at its true position and once moved, as many heads as the queries (the
+        # kernel has no grouped-query mode): a block's runs are views into these, nothing is gathered.
+        groups = heads // kv_heads
+        true_keys = key_w.repeat_interleave(groups, 1) if groups > 1 else key_w
+        moved_keys = torch.cat((moved_keys, key_w[..., rot:]), dim=-1)
+        moved_keys = moved_keys.repeat_interleave(groups, 1) if groups > 1 else moved_keys
+        values = value_w.repeat_interleave(groups, 1) if groups > 1 else value_w
+        if value_dim != head_dim:  # the fused kernel wants the values as wide as the keys
+            values = torch.nn.functional.pad(values, (0, head_dim - value_dim))
+    else:
+        # Queries [q_rot, q'_rot, q_pass] score q . k against a key's true copy [k_rot, 0, k_pass] and
+        # q' . k' against its moved copy [0, k'_rot, k_pass] (the pass-through dimensions are the same in
+        # both): one product gives every pair the score its kind asks for.
+        zeros = key_w.new_zeros(batch, kv_heads, keys, rot)
+        true_copies = torch.cat((key_w[..., :rot], zeros, key_w[..., rot:]), dim=-1)  # (batch, kv_heads, keys, width)
+        moved_copies = torch.cat((zeros, moved_keys, key_w[..., rot:]), dim=-1)
+        del zeros, moved_keys
+        width = true_copies.shape[-1]
+        # each block's key copies and values, gathered into buffers reused from block to block (sized for
+        # every key once plus a band of both copies as wide as the block, grown if a block needs more);
+        # values padded with zeros to the keys' width: torch's fused CPU kernel needs equal widths (with
+        # narrower values SDPA falls back to materialising the scores)
+        keys_buffer = values_buffer = query_w.new_empty(0, 0, 0, 0)
+        room = keys + block
     key_index = torch.arange(keys, device=query.device)
     # int32 positions: the per-pair tensors of the assignment take half the memory traffic
     pair_query_positions, pair_key_positions = query_positions.to(torch.int32), key_positions.to(torch.int32)
@@ -251,7 +310,6 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         query_offsets = assignment.query_position.expand(batch, stop - start, 1)[..., 0] - block_positions
         block_query = query_w[:, :, start:stop]
         moved_query = rotate(block_query[..., :rot], query_offsets, setting.inv_freq)
-        joined_query = torch.cat((block_query[..., :rot], moved_query, block_query[..., rot:]), dim=-1)
         additive = None
         if attention_mask is None:  # causal: query q sits at key index keys - queries + q
             allowed = (key_index[None, :seen] <= torch.arange(start, stop, device=query.device)[:, None]
@@ -275,6 +333,13 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         if not columns:  # padding rows only: no key to attend to
             output[:, :, start:stop] = 0
             continue
+        if kernel is not None:
+            moved_query = torch.cat((moved_query, block_query[..., rot:]), dim=-1)
+            output[:, :, start:stop] = split_attention(
+                kernel, ((true_runs, block_query, true_keys, near), (moved_runs, moved_query, moved_keys, ~near)),
+                values, allowed, additive, scaling)[..., :value_dim]
+            continue
+        joined_query = torch.cat((block_query[..., :rot], moved_query, block_query[..., rot:]), dim=-1)
         # which copy each pair uses: (batch, 1 or heads, rows, columns)
         mask = torch.empty(torch.broadcast_shapes(near.shape, () if allowed is None else allowed.shape)[:-1]
                            + (columns,), dtype=torch.bool, device=query.device)

@@ -270,13 +270,16 @@ def test_sliding_window_layers_keep_their_attention():
     torch.testing.assert_close(run(model, False), run(plain, False), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("split", (True, False), ids=("split-cpu-kernel", "joined-sdpa"))
 @pytest.mark.parametrize("arch", ("llama", "gpt_neox"))
 @pytest.mark.parametrize("method", [m for m in CASES if m != "none"])
-def test_small_query_blocks_match_the_definition(arch, method, monkeypatch):
+def test_small_query_blocks_match_the_definition(arch, method, split, monkeypatch):
     """Blocks of 5 queries: the 72 tokens span many blocks, and the keys near for some of a block's
     rows and far for others (each taken twice, once per rotation) fall inside blocks; the logits
-    still match the brute-force reference, padded rows included."""
+    still match the brute-force reference, padded rows included, on both block paths (runs merged
+    by log-sum-exp on CPU, one joined SDPA call elsewhere)."""
     monkeypatch.setattr(attention_patch, "BLOCK_ROWS", 5)
+    monkeypatch.setattr(attention_patch, "SPLIT_ON_CPU", split)
     options, rel, visible = CASES[method]
     model = with_method(arch, method, options)
     reference = tiny(arch)
