@@ -3,11 +3,13 @@ installed here; the translation is pure code and vLLM is imported only to build 
 
 import copy
 import importlib.util
+import math
 
 import pytest
 import transformers
 
 from lmeval_ctx.extension import resolve_extension, scaled_rope_parameters
+from lmeval_ctx.lifecycle import extend
 from lmeval_ctx.vllm_args import vllm_engine_args
 from tiny_models import CONFIGS
 
@@ -34,9 +36,37 @@ def test_ntk_is_a_scaled_base_and_yarn_options_pass_through(llama):
     params = engine["hf_overrides"]["rope_parameters"]
     assert params["rope_type"] == "default"
     assert params["rope_theta"] == pytest.approx(10000.0 * 4 ** (16 / 14))
-    _, engine = vllm_engine_args(llama, scaling="yarn", factor=4, beta_fast=16, beta_slow=2, attention_factor=1.2)
+    _, engine = vllm_engine_args(llama, scaling="yarn", factor=4, beta_fast=16, beta_slow=2)
     params = engine["hf_overrides"]["rope_parameters"]
-    assert (params["beta_fast"], params["beta_slow"], params["attention_factor"]) == (16, 2, 1.2)
+    assert (params["beta_fast"], params["beta_slow"]) == (16, 2)
+    assert "attention_factor" not in params and "attn_factor" not in params  # both default to 0.1 ln s + 1
+
+
+def vllm_yarn_scale(params: dict) -> float:
+    """The attention scale vLLM's YaRN applies (YaRNScalingRotaryEmbedding: its own mscale,
+    0.1 ln s + 1, times attn_factor; keys it does not know are ignored)."""
+    assert "attention_factor" not in params, "vLLM ignores attention_factor"
+    return (0.1 * math.log(params["factor"]) + 1) * params.get("attn_factor", 1.0)
+
+
+@pytest.mark.parametrize("request_args, expected_scale", [
+    (dict(scaling="yarn", factor=4, attention_factor=1.2), 1.2),
+    (dict(scaling="ntk_by_parts", factor=2), 1.0),  # YaRN's frequencies without the temperature
+])
+def test_yarn_attention_factor_reaches_vllm_as_its_attn_factor(llama, request_args, expected_scale):
+    """transformers' attention_factor is the whole scale; vLLM multiplies attn_factor into its own
+    0.1 ln s + 1: the translated parameters give vLLM the scale transformers' YaRN computes from
+    the config ctx-hf writes."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    _, engine = vllm_engine_args(llama, **request_args)
+    params = engine["hf_overrides"]["rope_parameters"]
+    assert params["rope_type"] == "yarn"
+    assert vllm_yarn_scale(params) == pytest.approx(expected_scale, rel=1e-12)
+    config = copy.deepcopy(llama)
+    extend(config, request_args)
+    _, transformers_scale = ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    assert vllm_yarn_scale(params) == pytest.approx(transformers_scale, rel=1e-6)
 
 
 def test_dynamic_ntk_tells_vllm_the_original_length(llama):
@@ -119,7 +149,6 @@ def test_llama3_and_rope_theta_translate_and_attention_methods_are_refused(llama
     _, engine = vllm_engine_args(llama, rope_theta=5e5)  # the base override alone, with scaling=none
     assert engine["hf_overrides"]["rope_parameters"] == {"rope_theta": 5e5, "rope_type": "default"}
     for request, message in ((dict(scaling="self_extend", group_size=4, neighbor_window=32), "scaling=self_extend"),
-                             (dict(scaling="pi", factor=2, logn=True), "logn=true"),
-                             (dict(scaling="ntk_by_parts", factor=2), "attn_factor")):
+                             (dict(scaling="pi", factor=2, logn=True), "logn=true")):
         with pytest.raises(ValueError, match=f"{message}.*--model ctx-hf"):
             vllm_engine_args(llama, **request)
