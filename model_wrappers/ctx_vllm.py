@@ -20,7 +20,7 @@ from lm_eval.api.registry import register_model
 
 from lmeval_ctx.args import parse_bool
 from lmeval_ctx.response_cache import install as install_response_cache_keys
-from lmeval_ctx.response_cache import settings_digest
+from lmeval_ctx.response_cache import settings_digest, vllm_response_settings
 from lmeval_ctx.vllm_args import EXTENSION_ARGS, vllm_engine_args
 
 eval_logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def _engine_class():
 
     class CtxVLLMEngine(VLLM):
         context_extension_record: dict = {}
+        response_settings: dict = {}
 
         def get_model_info(self) -> dict:
             info = super().get_model_info() if hasattr(super(), "get_model_info") else {}
@@ -47,7 +48,8 @@ def _engine_class():
 
         @property
         def response_cache_key(self) -> str:
-            return settings_digest(self.pretrained_name, self.context_extension_record)
+            """The model, the context extension and every argument that may change an answer."""
+            return settings_digest(self.pretrained_name, self.context_extension_record, self.response_settings)
 
     return CtxVLLMEngine
 
@@ -76,6 +78,8 @@ class CtxVLLM(LM):
                           **engine, **kwargs)
         lm.context_extension_record = record
         lm.pretrained_name = pretrained
+        lm.response_settings = vllm_response_settings(
+            {"revision": revision, "trust_remote_code": trust_remote_code, **kwargs})
         return lm
 
 

@@ -152,3 +152,45 @@ def test_llama3_and_rope_theta_translate_and_attention_methods_are_refused(llama
                              (dict(scaling="pi", factor=2, logn=True), "logn=true")):
         with pytest.raises(ValueError, match=f"{message}.*--model ctx-hf"):
             vllm_engine_args(llama, **request)
+
+
+def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_dir, monkeypatch):
+    """Two ctx-vllm models that may answer differently (generation budget, dtype, revision, seed)
+    never share --use_cache answers; resources and parallelism do not split the cache. vLLM is not
+    installed here: lm-eval's VLLM class is stood in for by one that only keeps its arguments, so
+    ctx-vllm's own engine class (and its response_cache_key) is built on it."""
+    import sys
+    import types
+
+    from lm_eval.api.model import LM
+
+    from lmeval_ctx.model_wrappers import ctx_vllm
+    from lmeval_ctx.response_cache import VLLM_RESOURCE_ARGS
+
+    class VLLMStandIn(LM):
+        def __init__(self, **arguments):
+            super().__init__()
+            self.arguments = arguments
+
+        loglikelihood = loglikelihood_rolling = generate_until = None  # never called here
+
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", types.SimpleNamespace(VLLM=VLLMStandIn))
+    ctx_vllm._engine_class.cache_clear()
+    folder = str(tiny_model_dir("llama"))
+
+    def key(**arguments):
+        return ctx_vllm.CtxVLLM(pretrained=folder, scaling="yarn", factor=2, **arguments).response_cache_key
+
+    try:
+        base = key(max_gen_toks=64, dtype="float16")
+        assert key(max_gen_toks=64, dtype="float16") == base
+        for changed in (dict(max_gen_toks=128, dtype="float16"), dict(max_gen_toks=64, dtype="bfloat16"),
+                        dict(max_gen_toks=64, dtype="float16", seed=1),
+                        dict(max_gen_toks=64, dtype="float16", revision="v2")):
+            assert key(**changed) != base, changed
+        assert key(max_gen_toks=64, dtype="float16", gpu_memory_utilization=0.5, tensor_parallel_size=2) == base
+        assert ctx_vllm.CtxVLLM(pretrained=folder, scaling="yarn", factor=4).response_cache_key != \
+            ctx_vllm.CtxVLLM(pretrained=folder, scaling="yarn", factor=2).response_cache_key
+        assert {"gpu_memory_utilization", "tensor_parallel_size", "batch_size"} <= VLLM_RESOURCE_ARGS
+    finally:
+        ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
