@@ -28,6 +28,7 @@ from lmeval_ctx.methods import (
     validate_factor,
 )
 from lmeval_ctx.methods.rope import (
+    MODIFIER_OPTIONS,
     ROPE_METHOD_OPTIONS,
     ROPE_METHODS,
     attention_method_rope_parameters,
@@ -41,6 +42,12 @@ LENGTH_DEPENDENT_ROPE_TYPES = ("dynamic", "longrope")
 
 # Options only the attention-level methods take; kept as given (the registry converts them).
 ATTENTION_ONLY_OPTIONS = frozenset().union(*ATTENTION_METHOD_OPTIONS.values())
+# Every method option resolve_extension takes, read from the methods' option tables (so a new
+# method's options reach ctx-hf, ctx-vllm, the sweep and re-application from its table entry),
+# then the modifiers every RoPE method combines with.
+METHOD_OPTION_NAMES = tuple(dict.fromkeys(
+    name for table in (ROPE_METHOD_OPTIONS, ATTENTION_METHOD_OPTIONS) for names in table.values()
+    for name in sorted(names))) + tuple(sorted(MODIFIER_OPTIONS))
 
 # Config fields that carry the trained context length, most specific first.
 ORIGINAL_LENGTH_FIELDS = (
@@ -308,22 +315,9 @@ def resolve_extension(
     factor=None,
     original_max_length=None,
     max_length=None,
-    beta_fast=None,
-    beta_slow=None,
-    attention_factor=None,
     replace_rope_scaling=False,
     scale_layer_types=None,
-    low_freq_factor=None,
-    high_freq_factor=None,
-    rope_theta=None,
-    logn=None,
-    window=None,
-    leak=None,
-    group_size=None,
-    neighbor_window=None,
-    global_tokens=None,
-    local_window=None,
-    chunk_size=None,
+    **options,
 ) -> ContextExtension:
     """Validate a request against ``config``; raise ValueError naming the argument and the fix.
 
@@ -339,12 +333,13 @@ def resolve_extension(
     family = position_family(config)
     requested = "none" if scaling is None else str(scaling)
     method = canonical_method(scaling, family=family if family != "absolute" else None)
-    logn = parse_optional_bool(logn, "logn")
-    options = {"beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor,
-               "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
-               "rope_theta": rope_theta, "logn": logn or None, "window": window, "leak": leak,
-               "group_size": group_size, "neighbor_window": neighbor_window, "global_tokens": global_tokens,
-               "local_window": local_window, "chunk_size": chunk_size}
+    unknown = set(options) - set(METHOD_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"Unknown context-extension option(s): {', '.join(sorted(unknown))}; "
+                        f"the methods take: {', '.join(METHOD_OPTION_NAMES)}.")
+    logn = parse_optional_bool(options.get("logn"), "logn")
+    options = {name: options.get(name) for name in METHOD_OPTION_NAMES}
+    options["logn"] = logn or None
     # an ALiBi model takes an attention-level method's own options (lm_infinite's)
     alibi_takes = ATTENTION_METHOD_OPTIONS[method] if family == "alibi" and method in ALIBI_ATTENTION_METHODS \
         else frozenset()

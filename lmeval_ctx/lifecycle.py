@@ -23,10 +23,12 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lmeval_ctx.extension import (
+    METHOD_OPTION_NAMES,
     ContextExtension,
     apply_to_config,
     resolve_extension,
@@ -34,16 +36,15 @@ from lmeval_ctx.extension import (
     snapshot_extension_fields,
 )
 from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS
+from lmeval_ctx.methods.rope import MODIFIER_OPTIONS
 
-# The request's arguments: ctx-hf's and ctx-vllm's names for them.
-EXTENSION_ARGS = ("scaling", "factor", "original_max_length", "max_length", "beta_fast", "beta_slow",
-                  "attention_factor", "replace_rope_scaling", "scale_layer_types", "low_freq_factor",
-                  "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size", "neighbor_window",
-                  "global_tokens", "local_window", "chunk_size")
+# The request's arguments, ctx-hf's and ctx-vllm's names for them: resolve_extension's keywords
+# and the methods' options (extension.METHOD_OPTION_NAMES, read from the option tables).
+EXTENSION_ARGS = tuple(name for name, parameter in inspect.signature(resolve_extension).parameters.items()
+                       if parameter.kind is parameter.KEYWORD_ONLY) + METHOD_OPTION_NAMES
 # The method's own arguments: a re-application does not carry them over from the previous method
 # (the modifiers rope_theta and logn, which combine with every method, are carried over).
-METHOD_ARGS = ("factor", "beta_fast", "beta_slow", "attention_factor", "low_freq_factor", "high_freq_factor",
-               "window", "leak", "group_size", "neighbor_window", "global_tokens", "local_window", "chunk_size")
+METHOD_ARGS = ("factor", *(name for name in METHOD_OPTION_NAMES if name not in MODIFIER_OPTIONS))
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from lmeval_ctx import scoring
 
 from lmeval_ctx.args import parse_bool, reject_misspelt_keys
 from lmeval_ctx.extension import ContextExtension
-from lmeval_ctx.lifecycle import ExtensionState, attach, extend, reapplication_request
+from lmeval_ctx.lifecycle import EXTENSION_ARGS, ExtensionState, attach, extend, full_request, reapplication_request
 from lmeval_ctx.logs import plugin_logger
 from lmeval_ctx.prefix_sharing import plan_shared_prefixes
 from lmeval_ctx.response_cache import install as install_response_cache_keys
@@ -87,49 +87,24 @@ class CtxHFLM(HFLM):
     (``factr``, ``scalng``) is an error naming the intended key.
     """
 
-    # ctx-hf's own arguments, beyond those HFLM takes
-    CONTEXT_ARGS = ("scaling", "factor", "original_max_length", "beta_fast", "beta_slow", "attention_factor",
-                    "replace_rope_scaling", "scale_layer_types", "alibi_attention", "max_length", "truncation",
-                    "low_freq_factor", "high_freq_factor", "rope_theta", "logn", "window", "leak", "group_size",
-                    "neighbor_window", "global_tokens", "local_window", "chunk_size")
+    # ctx-hf's own arguments, beyond those HFLM takes: the context extension's (resolve_extension's
+    # keywords and the methods' options, lmeval_ctx.lifecycle.EXTENSION_ARGS) and these
+    CONTEXT_ARGS = (*EXTENSION_ARGS, "alibi_attention", "truncation")
 
     def __init__(
         self,
         pretrained,
-        scaling: str | None = "none",
-        factor: float | None = None,
-        original_max_length: int | None = None,
-        beta_fast: float | None = None,
-        beta_slow: float | None = None,
-        attention_factor: float | None = None,
-        replace_rope_scaling: bool | str = False,
-        scale_layer_types: str | None = None,
         alibi_attention: str | None = None,
         max_length: int | None = None,
         truncation: bool | str | None = False,
-        low_freq_factor: float | None = None,
-        high_freq_factor: float | None = None,
-        rope_theta: float | None = None,
-        logn: bool | str | None = None,
-        window: int | None = None,
-        leak: float | None = None,
-        group_size: int | None = None,
-        neighbor_window: int | None = None,
-        global_tokens: int | None = None,
-        local_window: int | None = None,
-        chunk_size: int | None = None,
         **kwargs,
     ) -> None:
         reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
                              accepted=(*inspect.signature(HFLM.__init__).parameters, *PASSED_THROUGH_ARGS))
-        request = dict(scaling=scaling, factor=factor, original_max_length=original_max_length,
-                       max_length=max_length, beta_fast=beta_fast, beta_slow=beta_slow,
-                       attention_factor=attention_factor,
-                       replace_rope_scaling=parse_bool(replace_rope_scaling, "replace_rope_scaling"),
-                       scale_layer_types=scale_layer_types, low_freq_factor=low_freq_factor,
-                       high_freq_factor=high_freq_factor, rope_theta=rope_theta, logn=logn, window=window,
-                       leak=leak, group_size=group_size, neighbor_window=neighbor_window,
-                       global_tokens=global_tokens, local_window=local_window, chunk_size=chunk_size)
+        # the extension's arguments (scaling, factor, the methods' options, ...); the rest is HFLM's
+        request = full_request({"scaling": "none", **{name: kwargs.pop(name) for name in EXTENSION_ARGS
+                                                      if name in kwargs}, "max_length": max_length})
+        request["replace_rope_scaling"] = parse_bool(request["replace_rope_scaling"] or False, "replace_rope_scaling")
         truncation = False if truncation is None else parse_bool(truncation, "truncation")
         built = not isinstance(pretrained, str)
         # The extension's state, the one field for it: for a checkpoint, written into the config by
