@@ -5,7 +5,11 @@ weights, batch 1, CPU) is built; the method is applied by ``lmeval_ctx.lifecycle
 exactly as ``ctx-hf`` applies it.
 
 - Memory: in a fresh process per method and length, the growth of peak resident memory
-  during one forward pass over the resident memory just before it.
+  during one forward pass over the resident memory just before it; ``--memory-repeats``
+  rounds over all methods and lengths, the median per method and length. The children run
+  with a fixed glibc mmap threshold (``MALLOC_MMAP_THRESHOLD_=65536``), so the peak is that
+  of the live tensors: with glibc's dynamic threshold identical runs differed by 15-130 MiB,
+  as much as the growth at 4k (``--default-malloc`` measures that way).
 - Wall time: in one process holding one model per method, one warm-up pass each, then
   ``--repeats`` rounds that run every method once in turn (so a change of the machine's load
   falls on all methods alike); the median per method, as a ratio to ``none`` (transformers'
@@ -14,7 +18,7 @@ exactly as ``ctx-hf`` applies it.
 Targets (issue 12): memory growth at most 2.2x per doubling of the length from 4k to 16k for
 every method; wall time at 8k at most 2.5x ``none``'s.
 
-    python benchmarks/attention_methods.py --lengths 4096,8192,16384 --time-length 8192 --repeats 3
+    python benchmarks/attention_methods.py --lengths 4096,8192,16384 --time-length 8192 --repeats 3 --memory-repeats 3
 
 Settings valid up to 16k on the 2k-trained model: rerope window 512; leaky_rerope window 512,
 leak 11; self_extend group 16, neighbour window 512 (reach (2048 - 512) * 16 + 512 = 25088);
@@ -105,8 +109,16 @@ def measure_times(methods: list[str], length: int, repeats: int) -> dict:
             for method, spent in times.items()}
 
 
-def child(command: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True)
+# glibc's malloc raises its mmap threshold as large blocks are freed, after which freed tensors
+# stay in the heap and later ones reuse or extend it: a fresh process's peak then varies by 15-130
+# MiB between identical runs. A fixed threshold maps and unmaps every block of 64 KiB or more, so
+# the peak is that of the live tensors (identical runs agree to 0.2 MiB).
+MEMORY_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def child(command: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -117,6 +129,10 @@ def main() -> None:
     parser.add_argument("--lengths", default="4096,8192,16384", help="memory: one fresh process per method and length")
     parser.add_argument("--time-length", type=int, default=8192, help="wall time: the length of the timed passes")
     parser.add_argument("--repeats", type=int, default=3, help="wall time: rounds over all methods")
+    parser.add_argument("--memory-repeats", type=int, default=3,
+                        help="memory: fresh processes per method and length (the median is the figure)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="memory: keep glibc's dynamic mmap threshold (noisier peaks; see MEMORY_CHILD_ENV)")
     parser.add_argument("--methods", default=",".join(REQUESTS))
     parser.add_argument("--output", default=str(Path(__file__).with_name("attention_methods_result.json")))
     parser.add_argument("--memory-child", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
@@ -137,10 +153,17 @@ def main() -> None:
     lengths = [int(n) for n in args.lengths.split(",")]
     started = time.perf_counter()
     memory = {method: {} for method in methods}
+    samples = {method: {length: [] for length in lengths} for method in methods}
+    for _ in range(args.memory_repeats):  # rounds over every method and length, each a fresh process
+        for method in methods:
+            for length in lengths:
+                samples[method][length].append(
+                    child(["--memory-child", method, str(length)], env=None if args.default_malloc
+                          else MEMORY_CHILD_ENV)["growth_mib"])
+                print(method, length, samples[method][length][-1], "MiB", flush=True)
     for method in methods:
         for length in lengths:
-            memory[method][length] = child(["--memory-child", method, str(length)])["growth_mib"]
-            print(method, length, memory[method][length], "MiB", flush=True)
+            memory[method][length] = statistics.median(samples[method][length])
     times = child(["--time-child", ",".join(methods), str(args.time_length), str(args.repeats)])
     print(json.dumps(times), flush=True)
     summary = {}
@@ -150,6 +173,7 @@ def main() -> None:
         ratio = round(times[method]["median_seconds"] / times["none"]["median_seconds"], 2)
         summary[method] = {
             "growth_mib": dict(zip(map(str, lengths), growth)),
+            "growth_mib_samples": {str(n): samples[method][n] for n in lengths},
             "growth_ratio_per_doubling": per_doubling,
             "growth_target_met": all(r <= 2.2 for r in per_doubling),
             f"seconds_at_{args.time_length}": times[method]["seconds"],
@@ -160,7 +184,9 @@ def main() -> None:
     result = {"command": "python benchmarks/attention_methods.py " + " ".join(sys.argv[1:]),
               "model": f"llama hidden 256, 4 heads, 2 layers, trained {TRAINED}, float32, batch 1, CPU",
               "requests": {m: REQUESTS[m] for m in methods}, "lengths": lengths, "time_length": args.time_length,
-              "repeats": args.repeats, "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "repeats": args.repeats, "memory_repeats": args.memory_repeats,
+              "memory_child_env": {} if args.default_malloc else MEMORY_CHILD_ENV, "cpu_count": os.cpu_count(),
+              "load_average_at_end": os.getloadavg(),
               "wall_seconds": round(time.perf_counter() - started, 1), "methods": summary}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -12,7 +12,10 @@ requests built), the wall time, and the perplexity, which the two paths must agr
 
 Target: at 32k the sliced run stays under 4 GiB peak resident memory.
 
-    python benchmarks/longppl_memory.py [--lengths 16384,32768] [--threads 1]
+    python benchmarks/longppl_memory.py [--lengths 16384,32768] [--threads 1] [--modes full,sliced]
+
+A run adds its rows to the result file, replacing rows of the same length and mode, so the
+costly full-logits run at 32k can be measured on its own (``--lengths 32768 --modes full``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Full novels: the shipped excerpts (about 25k SmolLM2 tokens each) are shorter than 32k.
 CORPUS = "/work/shared/data/austen-novels.jsonl"
 MODES = {"full logits (before)": 0, "sliced (after)": None}  # logits_slice; None: ctx-hf's default
+MODE_NAMES = {"full": "full logits (before)", "sliced": "sliced (after)"}
 
 # Runs in the child: set the scoring switch on the class, then the real lm_eval command line.
 CHILD = """
@@ -101,16 +105,25 @@ def main() -> None:
     parser.add_argument("--lengths", default="16384,32768")
     parser.add_argument("--corpus", default=CORPUS)
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run (default: torch's)")
+    parser.add_argument("--modes", default="sliced,full", help="which scoring paths to run: sliced, full or both")
     parser.add_argument("--output", default=str(Path(__file__).with_name("longppl_memory_result.json")))
     args = parser.parse_args()
     lengths = sorted(int(n) for n in args.lengths.split(","))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODE_NAMES]
+    if unknown or not modes:
+        raise SystemExit(f"--modes {args.modes!r}: expected a comma-separated subset of {sorted(MODE_NAMES)}")
     # the target's run first, the costliest last: a partial result still answers the target
-    order = [(lengths[-1], "sliced (after)")] + [(n, "sliced (after)") for n in lengths[:-1]] + \
-        [(n, "full logits (before)") for n in lengths]
-    rows = []
+    order = [(n, MODE_NAMES["sliced"]) for n in [lengths[-1], *lengths[:-1]] if "sliced" in modes] + \
+        [(n, MODE_NAMES["full"]) for n in lengths if "full" in modes]
+    output = Path(args.output)
+    earlier = json.loads(output.read_text())["runs"] if output.exists() else []
+    rows = [r for r in earlier if (r["length"], r["mode"]) not in set(order)]
     for length, mode in order:
         logits_slice = MODES[mode]
         rows.append({"length": length, "factor": length / TRAINED_LENGTH, "mode": mode, "logits_slice": logits_slice,
+                     "command": "python benchmarks/longppl_memory.py " + " ".join(sys.argv[1:]),
+                     "omp_num_threads": args.threads or "default",
                      **run_once(length, logits_slice, args.corpus, args.threads)})
         print(json.dumps(rows[-1]), flush=True)
         write_result(args, rows)
@@ -122,13 +135,13 @@ def write_result(args, rows: list[dict]) -> None:
         if row["logits_slice"] is None and full:
             row["perplexity_relative_difference"] = abs(row["token_perplexity"] / full[0]["token_perplexity"] - 1)
     at_longest = [r for r in rows if r["length"] == 32768 and r["logits_slice"] is None]
+    rows.sort(key=lambda r: (r["length"], r["logits_slice"] is None))
     result = {
-        "command": "python benchmarks/longppl_memory.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/longppl_memory.py " + " ".join(sys.argv[1:]) + " (each run: its own command)",
         "model": f"SmolLM2-135M-Instruct ({GGUF_FILE}), YaRN, factor = length / {TRAINED_LENGTH}",
         "corpus": args.corpus,
         "full_logits_bytes": {str(n): n * VOCABULARY * 4 for n in sorted({r["length"] for r in rows})},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
-                   f"OMP_NUM_THREADS={args.threads or 'default'}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs",
         "runs": rows,
         "target": "sliced run at 32768 tokens under 4 GiB peak resident memory",
         "target_met": bool(at_longest) and at_longest[0]["peak_rss_bytes"] < 4 * 2**30,
