@@ -47,11 +47,10 @@ def _model_arg_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the context-extension arguments of ``ctx-hf``, lm-eval HF model arguments)."""
     from lm_eval.models.huggingface import HFLM
 
-    from lmeval_ctx.extension import resolve_extension
+    from lmeval_ctx.lifecycle import EXTENSION_ARGS
 
     # max_length is HFLM's (accepted as it is), so RULER's max_seq_lengths is not taken for a misspelling of it
-    method = [name for name, p in inspect.signature(resolve_extension).parameters.items()
-              if p.kind is p.KEYWORD_ONLY and name != "max_length"]
+    method = [name for name in EXTENSION_ARGS if name != "max_length"]
     hf = [name for name in inspect.signature(HFLM.__init__).parameters if name not in ("self", "kwargs")]
     return tuple(method), tuple(hf)
 
