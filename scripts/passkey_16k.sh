@@ -2,8 +2,8 @@
 # Passkey retrieval beyond SmolLM2-135M's trained window (8192): 16384 tokens, as shipped
 # (scaling=none, window forced to 16384), with each RoPE rescaling at factor 2 and with the
 # attention-level methods at parameters that reach 16k, in one `lmeval-ctx sweep` (one model load;
-# a re-run skips the points already done), then `lmeval-ctx report`. Slow on CPU: 3-4 minutes per
-# RoPE rescaling, about three times that per attention-level method; a GPU makes it quick
+# a re-run skips the points already done), then `lmeval-ctx report`. Slow on CPU: 4-10 minutes per
+# RoPE rescaling, about twice that per attention-level method; a GPU makes it quick
 # (DEVICE=cuda). METHODS takes the sweep's syntax (method[:key=value...], comma-separated).
 # Results: runs/passkey_16k/<point>/, leaderboard: runs/passkey_16k/report/.
 set -euo pipefail
