@@ -204,18 +204,21 @@ def cpu_kernel(device: torch.device):
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def split_attention(kernel, parts, values, allowed, additive, scaling: float) -> torch.Tensor:
+def split_attention(kernel, parts, values, near, allowed, additive, scaling: float) -> torch.Tensor:
     """One block's attention from runs of keys attended separately, merged by log-sum-exp.
 
-    ``parts``: for the true and the moved positions, ``(runs, queries, keys, pairs)``: the runs
+    ``parts``: for the true and the moved positions, ``(runs, queries, keys, is_near)``: the runs
     ``[a, b)`` of keys, the block's queries (batch, heads, rows, d), every key (batch, heads, keys,
-    d), and which of the block's pairs use these positions (batch, 1, rows, seen). ``allowed``
-    (broadcastable bool, or None: all) and ``additive`` (a float bias, or None) are the block's
-    masks. Softmax over all runs = each run's softmax weighted by ``exp(lse_run - lse_all)``."""
+    d), and whether these positions serve the block's ``near`` pairs (the true ones) or the others.
+    ``near`` (batch, 1, rows, seen), ``allowed`` (broadcastable bool, or None: all) and
+    ``additive`` (a float bias, or None) are the block's masks. Softmax over all runs = each run's
+    softmax weighted by ``exp(lse_run - lse_all)``."""
     outputs, lses = [], []
-    for runs, block_queries, keys, pairs in parts:
+    for runs, block_queries, keys, is_near in parts:
         for a, b in runs:
-            take = pairs[..., a:b] if allowed is None else pairs[..., a:b] & allowed[..., a:b]
+            take = near[..., a:b] if is_near else ~near[..., a:b]  # only the run's columns, not the block's
+            if allowed is not None:
+                take = take & allowed[..., a:b]
             if additive is None and bool(take.all()):
                 mask = None  # every row takes every key of the run: no mask to build or read
             else:  # the lowest number, not -inf: a row with no key in this run gets weight 0, not NaN
@@ -277,10 +280,13 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         # Every key once at its true position and once moved, as many heads as the queries (the
         # kernel has no grouped-query mode): a block's runs are views into these, nothing is gathered.
         groups = heads // kv_heads
-        true_keys = key_w.repeat_interleave(groups, 1) if groups > 1 else key_w
-        moved_keys = torch.cat((moved_keys, key_w[..., rot:]), dim=-1)
-        moved_keys = moved_keys.repeat_interleave(groups, 1) if groups > 1 else moved_keys
-        values = value_w.repeat_interleave(groups, 1) if groups > 1 else value_w
+
+        def per_query_head(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(groups, 1) if groups > 1 else x
+
+        true_keys = per_query_head(key_w)
+        moved_keys = per_query_head(torch.cat((moved_keys, key_w[..., rot:]), dim=-1))
+        values = per_query_head(value_w)
         if value_dim != head_dim:  # the fused kernel wants the values as wide as the keys
             values = torch.nn.functional.pad(values, (0, head_dim - value_dim))
     else:
@@ -336,8 +342,8 @@ def method_attention(module, query, key, value, attention_mask, dropout: float =
         if kernel is not None:
             moved_query = torch.cat((moved_query, block_query[..., rot:]), dim=-1)
             output[:, :, start:stop] = split_attention(
-                kernel, ((true_runs, block_query, true_keys, near), (moved_runs, moved_query, moved_keys, ~near)),
-                values, allowed, additive, scaling)[..., :value_dim]
+                kernel, ((true_runs, block_query, true_keys, True), (moved_runs, moved_query, moved_keys, False)),
+                values, near, allowed, additive, scaling)[..., :value_dim]
             continue
         joined_query = torch.cat((block_query[..., :rot], moved_query, block_query[..., rot:]), dim=-1)
         # which copy each pair uses: (batch, 1 or heads, rows, columns)

@@ -31,7 +31,6 @@ from lmeval_ctx.lifecycle import extend
 from lmeval_ctx.methods import ATTENTION_METHODS
 
 
-
 def vllm_yarn_parameters(params: dict) -> dict:
     """transformers' YaRN ``rope_parameters`` as vLLM reads them.
 
