@@ -26,7 +26,7 @@ import json
 import torch
 import transformers
 
-from lmeval_ctx.alibi_patch import AlibiScaling, install_alibi_scaling
+from lmeval_ctx.extension.alibi.install import AlibiScaling, install_alibi_scaling
 
 HEADS = 16
 TRAINED = 1024

@@ -8,7 +8,7 @@ No pretrained ALiBi checkpoint can be downloaded here, so this script makes one:
    ``AutoTokenizer`` loads (bos/eos/pad defined, nothing added to encoded text).
 2. **Model**: ``BloomForCausalLM`` (ALiBi, Press et al. 2021, arXiv:2108.12409),
    trained from scratch at a ``--window``-token context on five Austen novels mixed
-   with passkey-retrieval prompts built by ``lmeval_ctx.passkey`` (the task's own
+   with passkey-retrieval prompts built by ``lmeval_ctx.taskdata.passkey`` (the task's own
    format and filler), so the model learns to retrieve inside its window; the loss adds
    the mean over the tokens that repeat a pass key (``--retrieval-weight``), which lets
    a model this small learn retrieval within the CPU budget. Deterministic
@@ -77,7 +77,7 @@ def split_novels(records: list[dict], holdout: str) -> tuple[list[dict], dict]:
 
 def passkey_texts() -> list[str]:
     """The fixed phrases of the passkey prompts, so the tokenizer has pieces for them."""
-    from lmeval_ctx.passkey import DESCRIPTION, FILLER_SENTENCES, NEEDLE, QUESTION
+    from lmeval_ctx.taskdata.passkey import DESCRIPTION, FILLER_SENTENCES, NEEDLE, QUESTION
 
     return [DESCRIPTION, " ".join(FILLER_SENTENCES), NEEDLE.format(key="12345"), QUESTION]
 
@@ -124,10 +124,10 @@ def text_stream(tokenizer, novels: list[dict]) -> "torch.Tensor":
 
 
 def passkey_example(tokenizer, rng: random.Random, window: int, min_length: int) -> tuple[list[int], list[int]]:
-    """One passkey prompt of ``lmeval_ctx.passkey`` (random length, depth and key) with its answer and EOS,
+    """One passkey prompt of ``lmeval_ctx.taskdata.passkey`` (random length, depth and key) with its answer and EOS,
     and the indices of its retrieval targets: the tokens that repeat the key after its first mention
     (the needle's "Remember it. <key>" and the answer), the only ones predictable by looking back."""
-    from lmeval_ctx.passkey import build_sample
+    from lmeval_ctx.taskdata.passkey import build_sample
 
     length = rng.randint(min_length, window)
     depth = rng.random()
@@ -374,8 +374,8 @@ def lengths_of(window: int) -> list[int]:
 
 
 def wilson(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of ``correct`` out of ``n`` (the report's, lmeval_ctx.report.wilson_interval)."""
-    from lmeval_ctx.report import wilson_interval
+    """95% Wilson score interval of ``correct`` out of ``n`` (the report's, lmeval_ctx.report.write.wilson_interval)."""
+    from lmeval_ctx.report.write import wilson_interval
 
     return (float("nan"), float("nan")) if n == 0 else wilson_interval(correct / n, n)
 

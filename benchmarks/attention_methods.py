@@ -1,7 +1,7 @@
 """Peak memory and wall time of one forward pass with each attention-level method.
 
 A Llama-like model (hidden 256, 4 heads, 2 layers, trained length 2048, random float32
-weights, batch 1, CPU) is built; the method is applied by ``lmeval_ctx.lifecycle.extend``
+weights, batch 1, CPU) is built; the method is applied by ``lmeval_ctx.extension.lifecycle.extend``
 exactly as ``ctx-hf`` applies it.
 
 - Memory: in a fresh process per method and length, the growth of peak resident memory
@@ -62,7 +62,7 @@ def build(method: str, length: int):
     import torch
     import transformers
 
-    from lmeval_ctx.lifecycle import extend
+    from lmeval_ctx.extension.lifecycle import extend
 
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=4,

@@ -68,17 +68,17 @@ def main(argv: list[str] | None = None) -> int:
                              "reach (default 85.6, Llama-2-7B at 4k)")
     args = parser.parse_args(argv)
     if args.command == "tasks-path":
-        from lmeval_ctx.paths import tasks_path
+        from lmeval_ctx.common.paths import tasks_path
 
         print(tasks_path())
     elif args.command == "sweep":
         return _sweep(parser, args)
     elif args.command == "report":
-        from lmeval_ctx.report import write_report
+        from lmeval_ctx.report.write import write_report
 
         output = args.output or str(Path(args.run_dirs[0]) / "report")
         try:
-            from lmeval_ctx.report import RULER_THRESHOLD
+            from lmeval_ctx.report.write import RULER_THRESHOLD
 
             threshold = RULER_THRESHOLD if args.threshold is None else args.threshold
             written = write_report(args.run_dirs, output, log=lambda message: print(message, file=sys.stderr),
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(parser: argparse.ArgumentParser, args) -> int:
     import json
 
-    from lmeval_ctx.sweep import OutputPathError, run_sweep, summary_table, sweep_points
+    from lmeval_ctx.sweep.run import OutputPathError, run_sweep, summary_table, sweep_points
 
     def fail(message: str):
         parser.exit(2, f"lmeval-ctx sweep: error: {message}\n")

@@ -28,15 +28,15 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
-from lmeval_ctx import scoring
+from lmeval_ctx.scoring import logprobs as scoring
 
-from lmeval_ctx.args import parse_bool, reject_misspelt_keys
-from lmeval_ctx.extension import ContextExtension
-from lmeval_ctx.lifecycle import EXTENSION_ARGS, ExtensionState, attach, extend, full_request, reapplication_request
-from lmeval_ctx.logs import plugin_logger
-from lmeval_ctx.prefix_sharing import plan_shared_prefixes
-from lmeval_ctx.response_cache import install as install_response_cache_keys
-from lmeval_ctx.response_cache import settings_digest
+from lmeval_ctx.common.args import parse_bool, reject_misspelt_keys
+from lmeval_ctx.extension.request import ContextExtension
+from lmeval_ctx.extension.lifecycle import EXTENSION_ARGS, ExtensionState, attach, extend, full_request, reapplication_request
+from lmeval_ctx.common.logs import plugin_logger
+from lmeval_ctx.scoring.prefix_sharing import plan_shared_prefixes
+from lmeval_ctx.scoring.response_cache import install as install_response_cache_keys
+from lmeval_ctx.scoring.response_cache import settings_digest
 
 eval_logger = plugin_logger(__name__)  # under lm-eval's logger: the settings line reaches the console
 install_response_cache_keys()
@@ -74,7 +74,7 @@ class CtxHFLM(HFLM):
         scale_layer_types: on models with per-layer-type RoPE (Gemma 2/3 style ``layer_types``),
             the layer types the method scales: ``all`` or types joined by ``+`` (e.g.
             ``full_attention``). By default the types whose attention reaches beyond the trained
-            context (see ``lmeval_ctx.extension.layer_types_to_scale``); the others keep their RoPE.
+            context (see ``lmeval_ctx.extension.request.layer_types_to_scale``); the others keep their RoPE.
         alibi_attention: ALiBi models' attention: ``auto`` (default; a block of queries at a
             time, in memory linear in the length, or flash-attn's ALiBi kernel on CUDA when
             installed), ``blocked``, or ``transformers`` (its own, ``heads x length^2``).
@@ -88,7 +88,7 @@ class CtxHFLM(HFLM):
     """
 
     # ctx-hf's own arguments, beyond those HFLM takes: the context extension's (resolve_extension's
-    # keywords and the methods' options, lmeval_ctx.lifecycle.EXTENSION_ARGS) and these
+    # keywords and the methods' options, lmeval_ctx.extension.lifecycle.EXTENSION_ARGS) and these
     CONTEXT_ARGS = (*EXTENSION_ARGS, "alibi_attention", "truncation")
 
     def __init__(
@@ -146,7 +146,7 @@ class CtxHFLM(HFLM):
         given are those the model was created with, except the method's own: factor and the
         YaRN options). The config's own RoPE fields are restored, the new method resolved and
         written in, and the rotary modules rebuilt (RoPE) or the slopes replaced (ALiBi), by
-        :func:`lmeval_ctx.lifecycle.extend`. Returns the record. A bad request raises
+        :func:`lmeval_ctx.extension.lifecycle.extend`. Returns the record. A bad request raises
         ValueError and leaves the model as it was.
         """
         self._ctx = extend(self._model.config, reapplication_request(self._ctx, scaling, request),
@@ -194,8 +194,8 @@ class CtxHFLM(HFLM):
     def response_cache_key(self) -> str:
         """A digest of everything that decides this model's answers, for ``--use_cache`` file names:
         the model, the context extension with its parameters and window, and HFLM's own settings
-        (``lmeval_ctx.response_cache.HF_RESPONSE_SETTINGS``: truncation, dtype, generation budget, ...)."""
-        from lmeval_ctx.response_cache import hf_response_settings
+        (``lmeval_ctx.scoring.response_cache.HF_RESPONSE_SETTINGS``: truncation, dtype, generation budget, ...)."""
+        from lmeval_ctx.scoring.response_cache import hf_response_settings
 
         return settings_digest(str(getattr(self._model.config, "_name_or_path", "")), self.context_extension_record,
                                hf_response_settings(self))
@@ -302,7 +302,7 @@ class CtxHFLM(HFLM):
         return results
 
     # -- scoring: log-probabilities from the final hidden states, a slice of positions at a time ------
-    # Positions per slice of output-layer logits (lmeval_ctx.scoring). 0 scores from full logits as
+    # Positions per slice of output-layer logits (lmeval_ctx.scoring.logprobs). 0 scores from full logits as
     # HFLM does: batch x length x vocabulary floats at once (a switch for comparisons and benchmarks).
     logits_slice: int = scoring.DEFAULT_SLICE_POSITIONS
     _full_logits_noted = False
@@ -317,7 +317,7 @@ class CtxHFLM(HFLM):
         head = scoring.output_layer(self.model)
         if head is None and not self._full_logits_noted:
             eval_logger.warning(
-                "lmeval-ctx: %s is not in lmeval_ctx.scoring.AFTER_OUTPUT_LAYER; scoring from full logits "
+                "lmeval-ctx: %s is not in lmeval_ctx.scoring.logprobs.AFTER_OUTPUT_LAYER; scoring from full logits "
                 "(batch x length x vocabulary floats at once)", type(self.model).__name__)
             self._full_logits_noted = True
         return head
@@ -412,7 +412,7 @@ class CtxHFLM(HFLM):
         is the argmax, in one forward pass; log-softmax in ``softmax_dtype``, as HFLM's.
 
         The output layer runs a slice of positions at a time (full logits, sliced only for the
-        log-softmax, where the model is not in lmeval_ctx.scoring's table or logits_slice=0).
+        log-softmax, where the model is not in lmeval_ctx.scoring.logprobs's table or logits_slice=0).
         """
         inputs = torch.tensor([tokens[:-1]], dtype=torch.long, device=self.device)
         targets = torch.tensor([tokens[first + 1:]], dtype=torch.long, device=self.device)

@@ -5,9 +5,9 @@
         --tasks passkey_8k
 
 Same argument names, validation and recorded settings as ``ctx-hf`` (the same
-life cycle, :func:`lmeval_ctx.lifecycle.extend`, on a copy of the config); the method
+life cycle, :func:`lmeval_ctx.extension.lifecycle.extend`, on a copy of the config); the method
 reaches vLLM as ``hf_overrides={"rope_parameters": ...}`` and ``max_model_len``
-(:mod:`lmeval_ctx.vllm_args`). vLLM is imported only when a model is created.
+(:mod:`lmeval_ctx.extension.vllm`). vLLM is imported only when a model is created.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import logging
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from lmeval_ctx.args import parse_bool
-from lmeval_ctx.response_cache import install as install_response_cache_keys
-from lmeval_ctx.response_cache import settings_digest, vllm_response_settings
-from lmeval_ctx.vllm_args import EXTENSION_ARGS, vllm_engine_args
+from lmeval_ctx.common.args import parse_bool
+from lmeval_ctx.scoring.response_cache import install as install_response_cache_keys
+from lmeval_ctx.scoring.response_cache import settings_digest, vllm_response_settings
+from lmeval_ctx.extension.vllm import EXTENSION_ARGS, vllm_engine_args
 
 eval_logger = logging.getLogger(__name__)
 install_response_cache_keys()

@@ -38,7 +38,7 @@ echo "=== report took $(( $(date +%s) - start )) s"
 # Debian's chromium + chromium-driver; skipped with a note otherwise).
 if python -c "import pytest, selenium" 2>/dev/null && command -v chromedriver >/dev/null; then
   REPORT_PAGE="$OUT/report/index.html" REPORT_SCREENSHOT="${SCREENSHOT:-docs/img/report_page.png}" \
-    python -m pytest -q -p no:cacheprovider tests/test_report_page.py -k given_page
+    python -m pytest -q -p no:cacheprovider tests/report/test_report_page.py -k given_page
 else
   echo "=== no screenshot: pip install '.[test]' and apt-get install chromium chromium-driver, then re-run"
 fi

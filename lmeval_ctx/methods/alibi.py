@@ -16,7 +16,7 @@ changes the slopes ``m_h`` (formulas in docs/methods.md):
 - LM-Infinite (``lm_infinite``; Han et al. 2023, "LM-Infinite: Zero-Shot Extreme Length
   Generalization for Large Language Models", arXiv:2308.16137): the slopes unchanged; its
   Λ-shaped mask and distance ceiling (the bias becomes ``-m_h * min(i - j, L)``) are
-  applied inside the attention (:mod:`lmeval_ctx.alibi_attention`, with the relative
+  applied inside the attention (:mod:`lmeval_ctx.extension.alibi.attention`, with the relative
   positions of :func:`lmeval_ctx.methods.attention.lm_infinite`).
 
 Every method has the signature ``(slopes, factor, original_length, current_length)``

@@ -10,7 +10,7 @@ some also hide keys. One function per method returns that assignment as a
 - ``query_position`` and ``key_position``: for the other pairs, the positions query and key
   are rotated to, so their relative position is ``query_position - key_position`` (a
   function of i alone minus a function of j alone, which is what lets
-  :mod:`lmeval_ctx.attention_patch` compute it with one extra rotation of the queries and
+  :mod:`lmeval_ctx.extension.attention.patch` compute it with one extra rotation of the queries and
   one of the keys, a block of queries at a time);
 - ``visible``: the keys a query may attend to (None: every earlier key).
 
@@ -163,7 +163,7 @@ def assign_positions(method: str, options: dict, original_length: int, query_pos
 
 # Architectures whose attention goes through transformers' attention-function registry with the
 # rotate-half RoPE layout, one rotary embedding for all layers, and position_ids passed to the
-# attention function: where lmeval_ctx.attention_patch applies these methods and log-n scaling.
+# attention function: where lmeval_ctx.extension.attention.patch applies these methods and log-n scaling.
 ATTENTION_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3")
 
 

@@ -19,7 +19,7 @@ project's docs/methods.md. References:
 
 Two modifiers combine with every method: ``rope_theta`` (a base override, as
 HELMET offers, applied to the base parameters before the method) and ``logn``
-(log-n query scaling, applied in attention by :mod:`lmeval_ctx.attention_patch`).
+(log-n query scaling, applied in attention by :mod:`lmeval_ctx.extension.attention.patch`).
 """
 
 from __future__ import annotations

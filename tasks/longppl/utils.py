@@ -1,15 +1,15 @@
-"""lm-eval hooks of the long-range perplexity tasks; the logic is lmeval_ctx.longppl."""
+"""lm-eval hooks of the long-range perplexity tasks; the logic is lmeval_ctx.taskdata.longppl."""
 
 import logging
 from pathlib import Path
 
 import datasets
 
-from lmeval_ctx.args import parse_optional_bool
-from lmeval_ctx.lengths import validate_lengths
-from lmeval_ctx.longppl import build_windows, read_corpus
-from lmeval_ctx.task_classes import NotedTask, PerLengthTask, check_task_keys, check_window, dataset_notes
-from lmeval_ctx.tokenizers import load_tokenizer, tokenizer_args
+from lmeval_ctx.common.args import parse_optional_bool
+from lmeval_ctx.taskdata.lengths import validate_lengths
+from lmeval_ctx.taskdata.longppl import build_windows, read_corpus
+from lmeval_ctx.taskdata.task_classes import NotedTask, PerLengthTask, check_task_keys, check_window, dataset_notes
+from lmeval_ctx.common.checkpoint import load_tokenizer, tokenizer_args
 
 eval_logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""lm-eval hooks of the passkey tasks; the logic is lmeval_ctx.passkey."""
+"""lm-eval hooks of the passkey tasks; the logic is lmeval_ctx.taskdata.passkey."""
 
 from dataclasses import fields
 from itertools import islice
 
-from lmeval_ctx.passkey import (
+from lmeval_ctx.taskdata.passkey import (
     DEFAULT_DEPTHS,
     DEFAULT_NUM_SAMPLES,
     PasskeySample,
@@ -11,8 +11,8 @@ from lmeval_ctx.passkey import (
     build_sample,
     parse_answer,
 )
-from lmeval_ctx.task_classes import LazyDocs, NotedTask, PerLengthTask, check_task_keys, check_window, sha256_of_texts
-from lmeval_ctx.tokenizers import load_tokenizer, tokenizer_args
+from lmeval_ctx.taskdata.task_classes import LazyDocs, NotedTask, PerLengthTask, check_task_keys, check_window, sha256_of_texts
+from lmeval_ctx.common.checkpoint import load_tokenizer, tokenizer_args
 
 # The keys a passkey task reads from --metadata (fixed_length is set by the passkey_<N> tasks).
 TASK_KEYS = ("lengths", "num_samples", "depths", "seed", "fixed_length")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from lmeval_ctx.longppl import load_corpus
+from lmeval_ctx.taskdata.longppl import load_corpus
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 from tiny_models import char_tokenizer
 

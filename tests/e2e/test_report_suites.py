@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from lmeval_ctx.report import write_report
+from lmeval_ctx.report.write import write_report
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("wonderwords", reason="lm-eval's RULER tasks need wonderwords (pip install lm_eval[ruler])")

@@ -18,7 +18,7 @@ import transformers
 
 from lmeval_ctx import cli
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
-from lmeval_ctx.sweep import MANIFEST_NAME, run_sweep, summary_table, sweep_points
+from lmeval_ctx.sweep.run import MANIFEST_NAME, run_sweep, summary_table, sweep_points
 from tiny_models import _COMMON, char_tokenizer
 
 TASKS = ["passkey_1k", "longppl"]
@@ -138,7 +138,7 @@ def test_points_differing_in_parameters_are_separate_runs_folders_and_rows(tiny_
     """Two SelfExtend group sizes: two folders, each equal to its own ctx-hf run, and two report rows."""
     import lm_eval
 
-    from lmeval_ctx.report import write_report
+    from lmeval_ctx.report.write import write_report
 
     folder = tiny_model_dir("llama")  # trained length 128
     # 160 tokens: past the trained length and the neighbour window, so the group size matters
@@ -235,7 +235,7 @@ def pg19_offline(monkeypatch, tmp_path):
     shipped corpus in its place (one book is all --limit 1 scores)."""
     import datasets
 
-    from lmeval_ctx.longppl import SHIPPED_CORPUS
+    from lmeval_ctx.common.paths import SHIPPED_CORPUS
 
     book = tmp_path / "pg19_stand_in.jsonl"
     book.write_text(SHIPPED_CORPUS.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")

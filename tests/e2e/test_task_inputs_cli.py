@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lm_eval.api.metrics import mean_stderr
 
-from lmeval_ctx.task_classes import sha256_of_texts
+from lmeval_ctx.taskdata.task_classes import sha256_of_texts
 
 pytestmark = pytest.mark.slow
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))

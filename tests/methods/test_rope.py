@@ -38,7 +38,7 @@ def scaled(method: str, factor: float, options=None) -> dict:
 
 
 def test_none_writes_nothing_and_is_default_rope():
-    from lmeval_ctx.extension import apply_to_config, resolve_extension
+    from lmeval_ctx.extension.request import apply_to_config, resolve_extension
 
     config = llama_config({"rope_type": "default", "rope_theta": THETA})
     own = dict(config.rope_parameters)
@@ -211,7 +211,7 @@ def test_ntk_by_parts_is_yarns_frequencies_without_its_temperature(factor):
 
 @pytest.mark.parametrize("method", ["none", "ntk", "pi", "rerope"])
 def test_rope_theta_override_applies_before_the_method(method):
-    from lmeval_ctx.extension import apply_to_config, resolve_extension
+    from lmeval_ctx.extension.request import apply_to_config, resolve_extension
 
     config = llama_config({"rope_type": "default", "rope_theta": THETA})
     request = {"scaling": method, "rope_theta": 500_000.0}

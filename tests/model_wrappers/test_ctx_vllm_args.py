@@ -8,9 +8,9 @@ import math
 import pytest
 import transformers
 
-from lmeval_ctx.extension import resolve_extension, scaled_rope_parameters
-from lmeval_ctx.lifecycle import extend
-from lmeval_ctx.vllm_args import vllm_engine_args
+from lmeval_ctx.extension.request import resolve_extension, scaled_rope_parameters
+from lmeval_ctx.extension.lifecycle import extend
+from lmeval_ctx.extension.vllm import vllm_engine_args
 from tiny_models import CONFIGS
 
 
@@ -165,7 +165,7 @@ def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_
     from lm_eval.api.model import LM
 
     from lmeval_ctx.model_wrappers import ctx_vllm
-    from lmeval_ctx.response_cache import VLLM_RESOURCE_ARGS
+    from lmeval_ctx.scoring.response_cache import VLLM_RESOURCE_ARGS
 
     class VLLMStandIn(LM):
         def __init__(self, **arguments):

@@ -5,7 +5,7 @@ import torch
 import transformers
 
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
-from lmeval_ctx.rotary import rotary_modules
+from lmeval_ctx.extension.rope.rotary import rotary_modules
 
 IDS = torch.randint(4, 100, (2, 300), generator=torch.Generator().manual_seed(3))
 TOL = dict(rtol=0, atol=1e-5)
@@ -61,7 +61,7 @@ def test_a_built_model_takes_a_method(tiny_model_dir, arch, rotary):
 
 
 def test_a_built_model_is_resolved_once(tiny_model_dir, monkeypatch):
-    import lmeval_ctx.lifecycle as lifecycle
+    import lmeval_ctx.extension.lifecycle as lifecycle
 
     calls = []
     resolve = lifecycle.resolve_extension

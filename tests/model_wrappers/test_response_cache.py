@@ -7,7 +7,7 @@ from lm_eval.api.model import CachingLM
 from tiny_models import save_tiny_model
 
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
-from lmeval_ctx.response_cache import settings_cache_path
+from lmeval_ctx.scoring.response_cache import settings_cache_path
 
 
 def perplexity(lm, folder, cache=None) -> float:

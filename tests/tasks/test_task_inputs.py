@@ -12,10 +12,10 @@ import math
 
 import pytest
 
-from lmeval_ctx.lengths import MAX_TASK_LENGTH
-from lmeval_ctx.longppl import Document, build_windows, read_corpus
-from lmeval_ctx.paths import tasks_path
-from lmeval_ctx.task_classes import _own_length_only, sha256_of_texts
+from lmeval_ctx.taskdata.lengths import MAX_TASK_LENGTH
+from lmeval_ctx.taskdata.longppl import Document, build_windows, read_corpus
+from lmeval_ctx.common.paths import tasks_path
+from lmeval_ctx.taskdata.task_classes import _own_length_only, sha256_of_texts
 from tiny_models import char_tokenizer
 
 
@@ -73,7 +73,7 @@ def test_model_args_and_lm_evals_own_keys_are_accepted(model):
 def test_lengths_given_to_a_fixed_length_task_is_an_error_unless_the_run_uses_them():
     from types import SimpleNamespace
 
-    from lmeval_ctx.task_classes import _LIVE_TASKS, NotedTask, PerLengthTask
+    from lmeval_ctx.taskdata.task_classes import _LIVE_TASKS, NotedTask, PerLengthTask
 
     fixed = SimpleNamespace(config=SimpleNamespace(task="passkey_1k", dataset_kwargs={"fixed_length": 1024},
                                                    metadata={"lengths": [512], "version": 1.0}))
@@ -91,7 +91,7 @@ def test_a_fixed_setting_given_again_names_the_key():
     """longppl_<N> fix their corpus in dataset_kwargs; the same key from --metadata is named (not a TypeError)."""
     from types import SimpleNamespace
 
-    from lmeval_ctx.task_classes import NotedTask
+    from lmeval_ctx.taskdata.task_classes import NotedTask
 
     config = SimpleNamespace(task="longppl_1k", custom_dataset=longppl.longppl_dataset,
                              dataset_kwargs={"text_field": "text", "fixed_length": 1024},
@@ -140,7 +140,7 @@ def test_the_generation_budget_sizes_the_prompts(model):
         doc = docs[0]
         assert 600 - 64 <= doc["prompt_tokens"] + budget <= 600
     # outside lm-eval the budget is the template's max_gen_toks, the one the tasks declare
-    from lmeval_ctx.passkey import build_sample, template_generation_budget
+    from lmeval_ctx.taskdata.passkey import build_sample, template_generation_budget
 
     template = (tasks_path() / "passkey" / "_passkey_template").read_text()
     assert f"max_gen_toks: {template_generation_budget()}\n" in template

@@ -1,0 +1,117 @@
+"""lmeval-ctx sweep's points: ``--methods`` items with their own parameters (``method:key=value:...``), their
+validation before anything loads, and folder names that carry the parameters. The runs: tests/e2e/test_sweep.py."""
+
+import pytest
+
+from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS
+from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
+from lmeval_ctx.sweep.run import (
+    SweepPoint,
+    check_model_args,
+    point_parameters,
+    summary_table,
+    sweep_points,
+)
+
+GRID = "none,yarn,self_extend:group_size=4:neighbor_window=1024,self_extend:group_size=8:neighbor_window=512," \
+       "rerope:window=4096"
+
+
+def test_each_point_carries_its_parameters_into_its_name_and_model_args():
+    points = sweep_points(GRID, "4")
+    assert [p.name for p in points] == ["none", "yarn_x4", "self_extend__group_size-4__neighbor_window-1024",
+                                        "self_extend__group_size-8__neighbor_window-512", "rerope__window-4096"]
+    assert points[2].model_args == {"scaling": "self_extend", "group_size": 4, "neighbor_window": 1024}
+    assert points[4].model_args == {"scaling": "rerope", "window": 4096}
+    # attention-level methods take no factor: --factor does not multiply them
+    assert [p.factor for p in points] == [None, 4.0, None, None, None]
+    table = summary_table([{"point": p, "status": "done", "folder": p.name, "error": None} for p in points])
+    assert "| self_extend (group_size=4, neighbor_window=1024) |  | done |" in table
+    assert "| self_extend (group_size=8, neighbor_window=512) |  | done |" in table
+    assert "| yarn | 4 | done |" in table
+
+
+def test_names_are_deterministic_and_tell_every_setting_apart():
+    # keys in any order, numbers in any spelling: one point, one name, keys sorted
+    assert sweep_points("self_extend:neighbor_window=1024:group_size=4")[0].name == \
+        sweep_points("self_extend:group_size=4.0:neighbor_window=1.024e3")[0].name == \
+        "self_extend__group_size-4__neighbor_window-1024"
+    # numbers are never rounded; booleans are true/false
+    (point,) = sweep_points("leaky_rerope:window=32:leak=2.0000001")
+    assert point.name == "leaky_rerope__leak-2.0000001__window-32"
+    assert point.model_args["leak"] == 2.0000001 and point.model_args["window"] == 32
+    assert sweep_points("none:logn=yes")[0].name == "none__logn-true"
+    assert sweep_points("none:logn=yes")[0].model_args == {"scaling": "none", "logn": True}
+    # a point's own factor goes where --factor's does, and that point runs at it only
+    points = sweep_points("yarn,yarn:factor=8:beta_fast=64:beta_slow=2", "2,4")
+    assert [p.name for p in points] == ["yarn_x2", "yarn_x4", "yarn_x8__beta_fast-64__beta_slow-2"]
+    assert points[2].model_args == {"scaling": "yarn", "factor": 8.0, "beta_fast": 64, "beta_slow": 2}
+    assert points[2].spec == "yarn:factor=8:beta_fast=64:beta_slow=2"
+    names = [p.name for p in sweep_points("rerope:window=32,rerope:window=32.5,rerope:window=3.25e1,"
+                                          "lm_infinite,lm_infinite:global_tokens=4")]
+    assert names == ["rerope__window-32", "rerope__window-32.5", "lm_infinite", "lm_infinite__global_tokens-4"]
+    assert all("/" not in name and " " not in name for name in names)
+
+
+def test_equal_points_are_one_and_the_sweep_says_so():
+    messages = []
+    points = sweep_points("self_extend:group_size=4:neighbor_window=16,self_extend:neighbor_window=16.0:group_size=4,"
+                          "yarn:factor=2,yarn,selfextend:group_size=4:neighbor_window=16", "2", log=messages.append)
+    assert [p.name for p in points] == ["self_extend__group_size-4__neighbor_window-16", "yarn_x2"]
+    assert messages == [
+        "[sweep] self_extend:neighbor_window=16.0:group_size=4 equals point "
+        "self_extend__group_size-4__neighbor_window-16, given before: one point",
+        "[sweep] yarn equals point yarn_x2, given before: one point",
+        "[sweep] selfextend:group_size=4:neighbor_window=16 equals point "
+        "self_extend__group_size-4__neighbor_window-16, given before: one point",
+    ]
+    assert SweepPoint("rerope", None, (("window", 32),)) == SweepPoint("rerope", None, {"window": 32.0})
+
+
+def test_parameters_are_read_from_the_method_option_tables():
+    for method, options in {**ROPE_METHOD_OPTIONS, **ATTENTION_METHOD_OPTIONS}.items():
+        assert point_parameters(method) >= options | MODIFIER_OPTIONS
+    assert "factor" in point_parameters("yarn") and "factor" not in point_parameters("self_extend")
+    assert point_parameters("none") == MODIFIER_OPTIONS
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("self_extend:group_sise=4", "--methods point 'self_extend:group_sise=4': self_extend has no parameter "
+                                 "'group_sise' (did you mean group_size?). Parameters of self_extend: group_size, "
+                                 "logn, neighbor_window, rope_theta."),
+    ("rerope:leak=2", "rerope has no parameter 'leak'. Parameters of rerope: logn, rope_theta, window."),
+    ("none:factor=2", "none has no parameter 'factor'. Parameters of none: logn, rope_theta."),
+    ("rerope:window", "'window' is not key=value. Write a point as method:key=value:key=value"),
+    ("rerope:window=", "'window=' is not key=value"),
+    ("self_extend:group_size=4:group_size=8", "gives group_size twice"),
+    ("yarn:beta_fast=-1", "--methods point 'yarn:beta_fast=-1': beta_fast=-1 must be > 0."),
+    ("yarn:beta_fast=1:beta_slow=2", "beta_fast=1 must be larger than beta_slow=2"),
+    ("llama3:factor=8:low_freq_factor=4:high_freq_factor=1",
+     "high_freq_factor=1 must be larger than low_freq_factor=4"),
+    ("yarn:factor=0.5", r"factor=0.5 must be a finite number >= 1"),
+    ("rerope:window=nan", "window=nan is not a finite number"),
+    ("rerope:window=../x", "window='../x' is neither a number nor a boolean"),
+    ("rope_magic:window=4", "scaling='rope_magic' is not a known context-extension method"),
+])
+def test_bad_points_are_errors_naming_the_point_the_key_and_the_fix(methods, message):
+    with pytest.raises(ValueError) as error:
+        sweep_points(methods)
+    assert message in str(error.value)
+
+
+def test_a_parameter_in_model_args_and_in_a_point_is_an_error_naming_both():
+    points = sweep_points("none,none:rope_theta=20000,self_extend:group_size=4:neighbor_window=16")
+    with pytest.raises(ValueError) as error:
+        check_model_args({"pretrained": "m", "rope_theta": 50000}, points)
+    assert str(error.value).startswith("rope_theta is set in --model_args (rope_theta=50000) and in --methods point "
+                                       "none:rope_theta=20000. Set it in one place")
+    with pytest.raises(ValueError) as error:
+        check_model_args({"pretrained": "m", "group_size": 8}, points)
+    assert "group_size is set in --model_args (group_size=8) and in --methods point " \
+           "self_extend:group_size=4:neighbor_window=16" in str(error.value)
+    # a method's own option in --model_args cannot work: the model loads with scaling=none
+    with pytest.raises(ValueError, match=r"--model_args sets window, the option\(s\) of a method.*"
+                                         r"e\.g\. --methods rerope:window=<value>"):
+        check_model_args({"pretrained": "m", "window": 32}, sweep_points("none,rerope"))
+    # a modifier in --model_args alone applies to every point
+    check_model_args({"pretrained": "m", "logn": True}, sweep_points("none,yarn", "2"))
