@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from lmeval_ctx.extension.request import (
-    METHOD_OPTION_NAMES,
     ContextExtension,
     apply_to_config,
     resolve_extension,
@@ -36,7 +35,7 @@ from lmeval_ctx.extension.request import (
     snapshot_extension_fields,
 )
 from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS
-from lmeval_ctx.methods.rope import MODIFIER_OPTIONS
+from lmeval_ctx.methods.catalog import METHOD_OPTION_NAMES, MODIFIER_OPTIONS
 
 # The request's arguments, ctx-hf's and ctx-vllm's names for them: resolve_extension's keywords
 # and the methods' options (extension.METHOD_OPTION_NAMES, read from the option tables).

@@ -19,17 +19,18 @@ from typing import Any
 
 from lmeval_ctx.extension.architectures import alibi_architecture
 from lmeval_ctx.common.args import parse_optional_bool
-from lmeval_ctx.methods import (
+from lmeval_ctx.methods.catalog import (
     ALIBI_ATTENTION_METHODS,
     ATTENTION_METHOD_OPTIONS,
     ATTENTION_METHODS,
     LENGTH_DEPENDENT_METHODS,
+    METHOD_OPTION_NAMES,
+    MODIFIER_OPTIONS,
+    ROPE_METHOD_OPTIONS,
     canonical_method,
     validate_factor,
 )
 from lmeval_ctx.methods.rope import (
-    MODIFIER_OPTIONS,
-    ROPE_METHOD_OPTIONS,
     ROPE_METHODS,
     attention_method_rope_parameters,
     base_rope_parameters,
@@ -42,12 +43,6 @@ LENGTH_DEPENDENT_ROPE_TYPES = ("dynamic", "longrope")
 
 # Options only the attention-level methods take; kept as given (the registry converts them).
 ATTENTION_ONLY_OPTIONS = frozenset().union(*ATTENTION_METHOD_OPTIONS.values())
-# Every method option resolve_extension takes, read from the methods' option tables (so a new
-# method's options reach ctx-hf, ctx-vllm, the sweep and re-application from its table entry),
-# then the modifiers every RoPE method combines with.
-METHOD_OPTION_NAMES = tuple(dict.fromkeys(
-    name for table in (ROPE_METHOD_OPTIONS, ATTENTION_METHOD_OPTIONS) for names in table.values()
-    for name in sorted(names))) + tuple(sorted(MODIFIER_OPTIONS))
 
 # Config fields that carry the trained context length, most specific first.
 ORIGINAL_LENGTH_FIELDS = (

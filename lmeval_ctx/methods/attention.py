@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS
+from lmeval_ctx.methods.catalog import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lmeval_ctx.methods.catalog import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
+
 # Keys that describe a scaling rather than the base rotary embedding; they are
 # dropped from the model's own parameters before a method writes its own.
 SCALING_KEYS = frozenset(
@@ -152,20 +154,6 @@ def llama3_option(options: dict, key: str) -> float:
     """``options[key]``, or Llama 3.1's value where not given."""
     return float(LLAMA3_DEFAULTS[key] if options.get(key) is None else options[key])
 
-# Options a method accepts beyond factor and the original length.
-ROPE_METHOD_OPTIONS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "pi": frozenset(),
-    "ntk": frozenset(),
-    "dynamic_ntk": frozenset(),
-    "yarn": frozenset({"beta_fast", "beta_slow", "attention_factor"}),
-    "llama3": frozenset({"low_freq_factor", "high_freq_factor"}),
-    "ntk_by_parts": frozenset({"beta_fast", "beta_slow"}),
-}
-
-# Options every RoPE method takes: a base override (applied before the method) and log-n
-# query scaling (a boolean, applied in attention).
-MODIFIER_OPTIONS = frozenset({"rope_theta", "logn"})
 # The options above that are positive numbers (the attention methods' own are checked by their registry).
 POSITIVE_NUMBER_OPTIONS = frozenset().union(*ROPE_METHOD_OPTIONS.values(), {"rope_theta"})
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lmeval_ctx.taskdata.lengths import per_length_metric, split_per_length_metric
 from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS
-from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
+from lmeval_ctx.methods.catalog import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
 
 EFFECTIVE_ACCURACY = 0.8  # passkey's rule (YaRN's convention)
 RULER_THRESHOLD = 85.6  # RULER's rule: Llama-2-7B's average at 4k, in percent

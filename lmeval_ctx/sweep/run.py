@@ -41,7 +41,8 @@ from pathlib import Path
 
 from lmeval_ctx.common.args import FALSE_SPELLINGS, TRUE_SPELLINGS, closest_key
 from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, canonical_method, validate_factor
-from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS, validate_rope_options
+from lmeval_ctx.methods.catalog import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
+from lmeval_ctx.methods.rope import validate_rope_options
 
 # model args the sweep sets per point; in --model_args they would be ambiguous
 PER_POINT_ARGS = ("scaling", "factor")

@@ -4,7 +4,7 @@ validation before anything loads, and folder names that carry the parameters. Th
 import pytest
 
 from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS
-from lmeval_ctx.methods.rope import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
+from lmeval_ctx.methods.catalog import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
 from lmeval_ctx.sweep.run import (
     SweepPoint,
     check_model_args,
