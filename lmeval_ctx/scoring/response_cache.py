@@ -18,6 +18,7 @@ import hashlib
 import json
 
 from lmeval_ctx.common.logs import plugin_logger
+from lmeval_ctx.common.model_args import result_args
 
 eval_logger = plugin_logger(__name__)
 
@@ -39,19 +40,11 @@ HF_RESPONSE_SETTINGS = (
 WEIGHT_SAMPLE_VALUES = 64
 
 
-# ctx-vllm's arguments that only decide resources and parallelism, not answers; every other
-# argument a user gives (dtype, revision, tokenizer, max_gen_toks, quantization, seed, ...) is
-# part of its key, so an argument added to lm-eval's vLLM model later is keyed too.
-VLLM_RESOURCE_ARGS = frozenset({
-    "batch_size", "max_batch_size", "device", "gpu_memory_utilization", "swap_space", "data_parallel_size",
-    "tensor_parallel_size",
-})
-
-
 def vllm_response_settings(arguments: dict) -> dict:
-    """The ``ctx-vllm`` constructor arguments that may change its answers (all but
-    :data:`VLLM_RESOURCE_ARGS`), for its ``response_cache_key``."""
-    return {name: value for name, value in sorted(arguments.items()) if name not in VLLM_RESOURCE_ARGS}
+    """The ``ctx-vllm`` constructor arguments that may change its answers (all but resources and
+    parallelism, :data:`lmeval_ctx.common.model_args.RESULT_NEUTRAL_MODEL_ARGS`), for its
+    ``response_cache_key``: an argument added to lm-eval's vLLM model later is keyed too."""
+    return dict(sorted(result_args(arguments).items()))
 
 
 def hf_response_settings(lm) -> dict:

@@ -165,7 +165,7 @@ def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_
     from lm_eval.api.model import LM
 
     from lmeval_ctx.model_wrappers import ctx_vllm
-    from lmeval_ctx.scoring.response_cache import VLLM_RESOURCE_ARGS
+    from lmeval_ctx.common.model_args import RESULT_NEUTRAL_MODEL_ARGS
 
     class VLLMStandIn(LM):
         def __init__(self, **arguments):
@@ -191,6 +191,6 @@ def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_
         assert key(max_gen_toks=64, dtype="float16", gpu_memory_utilization=0.5, tensor_parallel_size=2) == base
         assert ctx_vllm.CtxVLLM(pretrained=folder, scaling="yarn", factor=4).response_cache_key != \
             ctx_vllm.CtxVLLM(pretrained=folder, scaling="yarn", factor=2).response_cache_key
-        assert {"gpu_memory_utilization", "tensor_parallel_size", "batch_size"} <= VLLM_RESOURCE_ARGS
+        assert {"gpu_memory_utilization", "tensor_parallel_size", "batch_size"} <= RESULT_NEUTRAL_MODEL_ARGS
     finally:
         ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
