@@ -13,7 +13,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lmeval_ctx.report.write import Run, Table, factor_text
+from lmeval_ctx.methods.catalog import factor_text
+from lmeval_ctx.report.results import Run, Table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
@@ -96,6 +97,7 @@ TEXT_COLUMNS = ("model", "method", "date", "settings", "data")
 
 
 def _row_html(run: Run, cells: list[str], header: list[str]) -> str:
+    """A table row: the first cell holds the row's settings (a fold), the whole row shows them on hover."""
     settings = run_settings(run)
     tooltip = "\n".join(f"{key}: {value}" for key, value in settings.items())
     details = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in settings.items())
@@ -145,6 +147,7 @@ hover over a row or open its "settings" for how it was run.</p>
 """
 
 
-def write_page(path: Path, table: Table, runs: list[Run], images: list[Path], markdown: str = "") -> Path:
+def write_page(path: Path, table: Table, runs: list[Run], images: list[Path]) -> Path:
+    """Write the page to ``path``; the path."""
     path.write_text(render_page(table, runs, images), encoding="utf-8")
     return path

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 
-from lmeval_ctx.report.write import PERPLEXITY, RULER, Run, _slug, _suites
+from lmeval_ctx.report.results import PERPLEXITY, RULER, Run, Suite, suite_members, suites_in
+from lmeval_ctx.report.samples import passkey_grid
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # here: matplotlib takes a second to import, and only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -19,6 +21,20 @@ def _pyplot():
     return plt
 
 
+# -- file names ---------------------------------------------------------------------------------
+def slug(text: str) -> str:
+    """``text`` made file-safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def row_slug(run: Run, runs: list[Run]) -> str:
+    """A file-name part unique to the row (the label, plus a number where labels repeat)."""
+    same = [r for r in runs if r.model == run.model and r.label == run.label]
+    base = f"{slug(run.model)}_{slug(run.label.replace(' ×', '_x'))}"
+    return base if len(same) == 1 else f"{base}_{same.index(run) + 1}"
+
+
+# -- heatmaps -----------------------------------------------------------------------------------
 def plot_heatmap(run: Run, grid, path: Path) -> None:
     """Passkey accuracy by length x needle depth, on one 0-1 colour scale for every method."""
     import numpy as np
@@ -43,86 +59,124 @@ def plot_heatmap(run: Run, grid, path: Path) -> None:
     plt.close(fig)
 
 
-def _curves(runs: list[Run]) -> list[tuple[str, object, str | None]]:
+def plot_heatmaps(runs: list[Run], output: Path, log=print) -> list[Path]:
+    """A heatmap of every row that ran passkey, from its logged samples; the paths written."""
+    written = []
+    for run in runs:
+        if not run.passkey_accuracy:
+            continue
+        grid = passkey_grid(run)
+        if grid is None:
+            log(f"{run.model}, {run.label}: no passkey samples (run lm_eval with --log_samples); heatmap skipped")
+            continue
+        path = output / f"passkey_heatmap_{row_slug(run, runs)}.png"
+        plot_heatmap(run, grid, path)
+        written.append(path)
+    return written
+
+
+# -- curves by length ---------------------------------------------------------------------------
+def curves(runs: list[Run]) -> list[tuple[str, Suite, str | None]]:
     """(title, suite, member or None for the suite average) of every per-length curve."""
     out = []
-    for suite in _suites(runs):
-        members = sorted({name for run in runs for name in run.suite_values(suite)})
+    for suite in suites_in(runs):
+        members = suite_members(runs, suite)
         out += [(member, suite, member) for member in members]
-        if len(members) > 1 and suite.name not in ("passkey", "longppl"):
+        if len(members) > 1 and not suite.one_member:
             out.append((f"{suite.name} average", suite, None))
     return out
 
 
-def _legend_label(run: Run, runs: list[Run]) -> str:
+def legend_label(run: Run, runs: list[Run]) -> str:
+    """The row's label in a plot's legend; where labels repeat, with what tells the rows apart."""
     same = [r for r in runs if r.label == run.label]
     return run.label if len(same) == 1 else f"{run.label} ({run.note or same.index(run) + 1})"[:60]
 
 
-def plot_curve(model: str, runs: list[Run], title: str, suite, member: str | None, path: Path,
-               threshold: float) -> bool:
-    """One line per row: the member's (or the suite average's) value by length; False if nothing to draw."""
-    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
+def _points(run: Run, suite: Suite, member: str | None) -> dict[int, tuple[float, tuple | None]]:
+    """{length: (value, 95 % interval or None)} of the member (or the suite average) in ``run``."""
+    if member is None:
+        return {n: (v, None) for n, v in run.suite_average(suite).items()}
+    return {n: (m.value, m.interval) for n, m in run.suite_values(suite).get(member, {}).items()}
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    drawn, all_lengths, values_seen = 0, set(), []
-    for index, run in enumerate(runs):
-        if member is None:
-            points = {n: (v, None) for n, v in run.suite_average(suite).items()}
-        else:
-            points = {n: (m.value, m.interval) for n, m in run.suite_values(suite).get(member, {}).items()}
-        if not points:
-            continue
-        lengths = sorted(points)
-        values = [points[n][0] for n in lengths]
-        all_lengths |= set(lengths)
-        values_seen += values
-        style = dict(marker=MARKERS[index % len(MARKERS)], markersize=max(4, 10 - 1.5 * index), linewidth=1.5,
-                     label=_legend_label(run, runs), capsize=4)
-        if any(points[n][1] for n in lengths):
-            # clipped at 0: an interval's bound can sit a rounding error past its value (0/n)
-            lower = [max(0.0, v - points[n][1][0]) if points[n][1] else 0.0 for n, v in zip(lengths, values)]
-            upper = [max(0.0, points[n][1][1] - v) if points[n][1] else 0.0 for n, v in zip(lengths, values)]
-            ax.errorbar(lengths, values, yerr=[lower, upper], **style)
-        else:
-            ax.errorbar(lengths, values, **style)
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return False
+
+def _draw_line(ax, index: int, label: str, points: dict) -> None:
+    """One row's line, with error bars where its values have intervals."""
+    lengths = sorted(points)
+    values = [points[n][0] for n in lengths]
+    style = dict(marker=MARKERS[index % len(MARKERS)], markersize=max(4, 10 - 1.5 * index), linewidth=1.5,
+                 label=label, capsize=4)
+    if any(points[n][1] for n in lengths):
+        # clipped at 0: an interval's bound can sit a rounding error past its value (0/n)
+        lower = [max(0.0, v - points[n][1][0]) if points[n][1] else 0.0 for n, v in zip(lengths, values)]
+        upper = [max(0.0, points[n][1][1] - v) if points[n][1] else 0.0 for n, v in zip(lengths, values)]
+        ax.errorbar(lengths, values, yerr=[lower, upper], **style)
+    else:
+        ax.errorbar(lengths, values, **style)
+
+
+def _length_axis(ax, runs: list[Run], lengths: set[int]) -> None:
+    """A log-2 length axis ticked at every length run, with each trained length as a dashed line."""
+    from matplotlib.ticker import NullLocator
+
     trained = sorted({run.original_max_length for run in runs if run.original_max_length})
     for length in trained:
         ax.axvline(length, color="grey", linestyle="--", linewidth=1)
         ax.annotate(f"trained length {length:,}", (length, 1), xycoords=("data", "axes fraction"),
                     xytext=(-4, -14), textcoords="offset points", ha="right", color="grey", fontsize=8)
-    ticks = sorted(all_lengths | set(trained))
+    ticks = sorted(lengths | set(trained))
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks, [f"{n:,}" for n in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
     if len(ticks) == 1:
         ax.set_xlim(ticks[0] / 1.5, ticks[0] * 1.5)
-    if suite is PERPLEXITY:
-        if max(values_seen) / min(values_seen) > 5:  # a method that explodes: log scale, readable ticks
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_locator(NullLocator())
-            ax.set_ylabel("token perplexity (log scale)")
-        else:
-            ax.set_ylabel("token perplexity")
-        ax.set_title(f"Long-range perplexity by length\n{model}", fontsize=11)
-    else:
-        ax.set_ylim(-0.05, 1.05) if suite.proportion else None
-        bars = " (bars: 95% Wilson intervals)" if suite.proportion and member is not None else ""
-        ax.set_ylabel(f"{suite.metric}{bars}" if member is not None else f"{suite.metric}, mean of tasks")
-        if suite is RULER and member is None:
-            ax.axhline(threshold / 100.0, color="tab:red", linestyle=":", linewidth=1)
-            ax.annotate(f"effective-length threshold {threshold:g}%", (0, threshold / 100.0),
-                        xycoords=("axes fraction", "data"), xytext=(4, 3), textcoords="offset points",
-                        color="tab:red", fontsize=8)
-        ax.set_title(f"{title} by length\n{model}", fontsize=11)
     ax.set_xlabel("context length (tokens)")
+
+
+def _perplexity_axis(ax, values: list[float], model: str) -> None:
+    """Token perplexity, on a log scale when a method explodes (readable ticks there)."""
+    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
+
+    if max(values) / min(values) > 5:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_ylabel("token perplexity (log scale)")
+    else:
+        ax.set_ylabel("token perplexity")
+    ax.set_title(f"Long-range perplexity by length\n{model}", fontsize=11)
+
+
+def _score_axis(ax, suite: Suite, member: str | None, title: str, model: str, threshold: float) -> None:
+    """A suite's score (0-1 for accuracies); on the RULER average, the effective-length threshold."""
+    if suite.proportion:
+        ax.set_ylim(-0.05, 1.05)
+    bars = " (bars: 95% Wilson intervals)" if suite.proportion and member is not None else ""
+    ax.set_ylabel(f"{suite.metric}{bars}" if member is not None else f"{suite.metric}, mean of tasks")
+    if suite is RULER and member is None:
+        ax.axhline(threshold / 100.0, color="tab:red", linestyle=":", linewidth=1)
+        ax.annotate(f"effective-length threshold {threshold:g}%", (0, threshold / 100.0),
+                    xycoords=("axes fraction", "data"), xytext=(4, 3), textcoords="offset points",
+                    color="tab:red", fontsize=8)
+    ax.set_title(f"{title} by length\n{model}", fontsize=11)
+
+
+def plot_curve(model: str, runs: list[Run], title: str, suite: Suite, member: str | None, path: Path,
+               threshold: float) -> bool:
+    """One line per row: the member's (or the suite average's) value by length; False if nothing to draw."""
+    lines = [(index, run, points) for index, run in enumerate(runs) if (points := _points(run, suite, member))]
+    if not lines:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for index, run, points in lines:
+        _draw_line(ax, index, legend_label(run, runs), points)
+    _length_axis(ax, runs, {n for _, _, points in lines for n in points})
+    if suite is PERPLEXITY:
+        _perplexity_axis(ax, [value for _, _, points in lines for value, _ in points.values()], model)
+    else:
+        _score_axis(ax, suite, member, title, model, threshold)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(title="method", fontsize=8)
     fig.savefig(path, dpi=120)
@@ -137,10 +191,9 @@ def plot_curves(runs: list[Run], output: Path, threshold: float) -> list[Path]:
         by_model[run.model].append(run)
     written = []
     for model, model_runs in by_model.items():
-        for title, suite, member in _curves(model_runs):
-            name = "perplexity" if suite is PERPLEXITY else f"{_slug(title.replace(' average', '_average'))}"
-            path = output / f"{name}_{_slug(model)}.png"
+        for title, suite, member in curves(model_runs):
+            name = "perplexity" if suite is PERPLEXITY else slug(title.replace(" average", "_average"))
+            path = output / f"{name}_{slug(model)}.png"
             if plot_curve(model, model_runs, title, suite, member, path, threshold):
                 written.append(path)
     return written
-

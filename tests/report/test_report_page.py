@@ -2,7 +2,7 @@
 
 Skips, saying why, where chromium, chromedriver or selenium is missing. To check another
 page and keep a screenshot of it (scripts/report_demo.sh does, for the README):
-REPORT_PAGE=path/to/index.html REPORT_SCREENSHOT=docs/img/report_page.png pytest tests/test_report_page.py
+REPORT_PAGE=path/to/index.html REPORT_SCREENSHOT=docs/img/report_page.png pytest tests/report/test_report_page.py
 """
 
 import csv
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_report import runs  # noqa: F401 - the fixture of synthetic lm-eval output folders
+from report_outputs import runs  # noqa: F401 - the fixture of synthetic lm-eval output folders
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
