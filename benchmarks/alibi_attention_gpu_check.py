@@ -26,7 +26,8 @@ import json
 import torch
 import transformers
 
-from lmeval_ctx.extension.alibi.install import AlibiScaling, install_alibi_scaling
+from lmeval_ctx.extension.alibi.install import install_alibi_scaling
+from lmeval_ctx.extension.alibi.scaling import AlibiScaling
 
 HEADS = 16
 TRAINED = 1024

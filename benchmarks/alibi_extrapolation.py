@@ -44,8 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "austen-novels.jsonl"
+from benchmark_support import AUSTEN_NOVELS, REPO, in_repository
+
+DEFAULT_DATA = AUSTEN_NOVELS
 DEFAULT_WORK = REPO / "runs" / "alibi_extrapolation"  # runs/ is git-ignored: weights never reach git
 DEFAULT_HOLDOUT = "Northanger Abbey"
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -56,15 +57,18 @@ PASSKEY_GEN_TOKENS = 8  # room left for the answer, as the passkey task's max_ge
 # -- data ---------------------------------------------------------------------------------
 
 def read_novels(path: Path) -> list[dict]:
-    """The records (``title``, ``text``) of a JSON-lines corpus."""
+    """The records (``title``, ``text``) of a JSON-lines corpus (``.jsonl`` or ``.jsonl.gz``), read by the
+    ``longppl`` task's own corpus reader."""
+    from lmeval_ctx.taskdata.longppl import load_corpus
+
     if not path.is_file():
-        raise ValueError(f"--data {str(path)!r} is not a file; pass the Austen novels JSON-lines file "
-                         "(e.g. ../shared/data/austen-novels.jsonl from the repository root).")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or "title" not in record:
-            raise ValueError(f"--data {str(path)!r}: record {i} needs a 'title' and a 'text' string.")
-    return records
+        raise ValueError(f"--data {str(path)!r} is not a file; pass the Austen novels JSON-lines file (the default, "
+                         f"{DEFAULT_DATA.relative_to(REPO)}, ships with the repository).")
+    try:
+        documents = load_corpus(data_files=str(path))
+    except ValueError as error:
+        raise ValueError(f"--data {str(path)!r} is not a usable corpus of novels ({error})") from error
+    return [{"title": document.title, "text": document.text} for document in documents]
 
 
 def split_novels(records: list[dict], holdout: str) -> tuple[list[dict], dict]:
@@ -374,17 +378,18 @@ def lengths_of(window: int) -> list[int]:
 
 
 def wilson(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of ``correct`` out of ``n`` (the report's, lmeval_ctx.report.write.wilson_interval)."""
-    from lmeval_ctx.report.write import wilson_interval
+    """95% Wilson score interval of ``correct`` out of ``n`` (the report's, lmeval_ctx.report.statistics)."""
+    from lmeval_ctx.report.statistics import wilson_interval
 
     return (float("nan"), float("nan")) if n == 0 else wilson_interval(correct / n, n)
 
 
 def run_cli(command: list[str], log=print) -> None:
+    """Run ``python -m lmeval_ctx <subcommand> ...``; a failure names the subcommand."""
     log("[eval] $ " + " ".join(command))
     completed = subprocess.run(command, cwd=REPO)
     if completed.returncode != 0:
-        raise RuntimeError(f"{command[0]} {command[1]} exited with status {completed.returncode}")
+        raise RuntimeError(f"lmeval-ctx {command[3]} exited with status {completed.returncode}")
 
 
 def evaluate(args, log=print) -> dict:
@@ -429,7 +434,7 @@ def evaluate(args, log=print) -> dict:
     return {"lengths": lengths, "passkey_samples_per_length": args.passkey_samples, "depths": args.depths,
             "heldout": {"title": holdout["title"], "documents": len(docs)},
             "sweep_seconds": round(sweep_seconds, 1), "report_seconds": round(report_seconds, 1),
-            "report_dir": str(report_dir), "report_error": report_error, "rows": table}
+            "report_dir": in_repository(report_dir), "report_error": report_error, "rows": table}
 
 
 def collect(sweep_dir: Path, lengths: list[int]) -> list[dict]:
@@ -498,7 +503,7 @@ def copy_plots(report_dir: Path, image_dir: Path) -> list[str]:
     for png in sorted(report_dir.glob("*.png")):
         target = image_dir / f"alibi_{png.name}"
         shutil.copyfile(png, target)
-        copied.append(str(target.relative_to(REPO)) if target.is_relative_to(REPO) else str(target))
+        copied.append(in_repository(target))
     return copied
 
 
@@ -509,7 +514,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["probe", "train", "eval", "all"],
                         help="probe: tokens/s for --seconds; train; eval (sweep + report); all: train then eval")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the Austen novels (JSON lines: title, text)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="the Austen novels (JSON lines: title, text; .jsonl or .jsonl.gz)")
     parser.add_argument("--holdout", default=DEFAULT_HOLDOUT, help="title of the novel kept for evaluation")
     parser.add_argument("--checkpoint", default=str(DEFAULT_WORK / "model"), help="where the model is written")
     parser.add_argument("--run-dir", default=str(DEFAULT_WORK), help="sweep results and report go here")
@@ -575,7 +581,6 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.path.insert(0, str(REPO))
     if args.stage == "probe":
         args.checkpoint = str(Path(args.run_dir) / "probe")
         record = train(args, max_seconds=args.seconds)
@@ -590,7 +595,7 @@ def main(argv=None) -> int:
         if "training" not in result:
             result["training"] = json.loads((Path(args.checkpoint) / "training.json").read_text())
         evaluation = evaluate(args)
-        evaluation["images"] = copy_plots(Path(evaluation["report_dir"]), Path(args.images))
+        evaluation["images"] = copy_plots(Path(args.run_dir) / "report", Path(args.images))
         result["evaluation"] = evaluation
         result_path.write_text(json.dumps(result, indent=1) + "\n")
         print(markdown_table(evaluation["rows"], evaluation["lengths"]))

@@ -3,7 +3,7 @@
 Scoring a window used to hold the logits of every position over the whole
 vocabulary (``length x 49152`` float32 for SmolLM2: 6 GiB at 32k), and lm-eval's
 log-softmax a second copy. ``ctx-hf`` now applies the output layer to a slice of
-positions at a time (lmeval_ctx/scoring.py); ``CtxHFLM.logits_slice = 0`` selects
+positions at a time (lmeval_ctx/scoring/logprobs.py); ``CtxHFLM.logits_slice = 0`` selects
 the old full-logits path. Each run is a fresh ``lm_eval --model ctx-hf`` process
 (the real command line, GGUF model, YaRN at factor length / 8192, one document,
 batch size 1); its peak resident memory is the child's ``ru_maxrss`` from
@@ -32,11 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark_support import AUSTEN_NOVELS, in_repository
+
 TRAINED_LENGTH = 8192  # SmolLM2-135M's max_position_embeddings
 VOCABULARY = 49152
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Full novels: the shipped excerpts (about 25k SmolLM2 tokens each) are shorter than 32k.
-CORPUS = "/work/shared/data/austen-novels.jsonl"
+# Full novels: the package's excerpts (about 25k SmolLM2 tokens each) are shorter than 32k.
+CORPUS = AUSTEN_NOVELS
 MODES = {"full logits (before)": 0, "sliced (after)": None}  # logits_slice; None: ctx-hf's default
 MODE_NAMES = {"full": "full logits (before)", "sliced": "sliced (after)"}
 
@@ -103,7 +105,8 @@ def run_once(length: int, logits_slice: int | None, corpus: str, threads: int | 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="16384,32768")
-    parser.add_argument("--corpus", default=CORPUS)
+    parser.add_argument("--corpus", default=str(CORPUS),
+                        help="longppl's corpus_files (default: the six Austen novels of benchmarks/data/)")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run (default: torch's)")
     parser.add_argument("--modes", default="sliced,full", help="which scoring paths to run: sliced, full or both")
     parser.add_argument("--output", default=str(Path(__file__).with_name("longppl_memory_result.json")))
@@ -139,7 +142,7 @@ def write_result(args, rows: list[dict]) -> None:
     result = {
         "command": "python benchmarks/longppl_memory.py " + " ".join(sys.argv[1:]) + " (each run: its own command)",
         "model": f"SmolLM2-135M-Instruct ({GGUF_FILE}), YaRN, factor = length / {TRAINED_LENGTH}",
-        "corpus": args.corpus,
+        "corpus": in_repository(Path(args.corpus)),
         "full_logits_bytes": {str(n): n * VOCABULARY * 4 for n in sorted({r["length"] for r in rows})},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs",
         "runs": rows,

@@ -40,8 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark_support import VOCAB_SIZE, char_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 ALIBI_KINDS = ("bloom", "mpt", "falcon")
 ALIBI_LENGTHS = "4096,8192,16384,32768,65536"
@@ -58,7 +59,6 @@ ROPE_ARGS = {"scaling": "yarn", "factor": 4}
 def build(kind: str, folder: Path) -> None:
     import torch
     import transformers
-    from tiny_models import VOCAB_SIZE, char_tokenizer
 
     common = dict(vocab_size=VOCAB_SIZE, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     if kind == "llama":

@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark_support import VOCAB_SIZE, char_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 VARIANTS = {
     "hf": ("hf", {}),
@@ -35,7 +36,6 @@ VARIANTS = {
 def build_model(folder: Path, max_positions: int = 1024) -> None:
     import torch
     import transformers
-    from tiny_models import VOCAB_SIZE, char_tokenizer
 
     config = transformers.LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,

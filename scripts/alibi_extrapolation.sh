@@ -3,11 +3,15 @@
 # (about 9 minutes on 2 CPU cores), then evaluate none, pi, ntk and dynamic_ntk on passkey and
 # held-out long-range perplexity at 1x-8x its 256-token window with lmeval-ctx sweep (about 5
 # minutes), and write the leaderboard and plots with lmeval-ctx report. Sets itself up
-# in .venv-demo. Data: ../shared/data/austen-novels.jsonl (DATA=... to override). Model and runs:
-# runs/alibi_extrapolation/ (git-ignored); table: benchmarks/alibi_extrapolation_result.json.
-# Extra arguments go to benchmarks/alibi_extrapolation.py (e.g. --passkey-samples 10).
+# in .venv-demo. Data: benchmarks/data/austen-novels.jsonl.gz, shipped with the repository
+# (DATA=... to override). Model and runs: runs/alibi_extrapolation/ (git-ignored); table:
+# benchmarks/alibi_extrapolation_result.json. Extra arguments go to benchmarks/alibi_extrapolation.py
+# (e.g. --passkey-samples 10); --help prints its options without setting anything up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  -h|--help) exec python3 benchmarks/alibi_extrapolation.py --help ;;  # its options need only the standard library
+esac
 VENV="${VENV:-.venv-demo}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # shellcheck disable=SC1091
@@ -15,4 +19,4 @@ VENV="${VENV:-.venv-demo}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 pip install -q torch==2.13.0
 pip install -q .
-python benchmarks/alibi_extrapolation.py all --data "${DATA:-../shared/data/austen-novels.jsonl}" "$@"
+python benchmarks/alibi_extrapolation.py all --data "${DATA:-benchmarks/data/austen-novels.jsonl.gz}" "$@"

@@ -51,20 +51,21 @@ def closest_key(key: str, known: Iterable[str]) -> str | None:
 
 def reject_misspelt_keys(given: Iterable[str], known: Iterable[str], *, where: str,
                          accepted: Iterable[str] = ()) -> None:
-    """Raise ValueError for a key in ``given`` that is not known but close to a known key.
+    """Raise ValueError naming every key in ``given`` that is not known but close to a known key.
 
     ``known``: the plugin's own keys for this place; ``accepted``: other keys that
     are legitimately there (lm-eval's or transformers' own), never reported. Keys
-    close to nothing of ours are left to whoever else reads them.
+    close to nothing of ours are left to whoever else reads them. All misspellings
+    are named in one message, each with the key it most likely means, so one run
+    shows every fix.
     """
     known = list(known)
     allowed = set(known) | set(accepted)
-    for key in given:
-        if key in allowed:
-            continue
-        intended = closest_key(key, known)
-        if intended is not None:
-            raise ValueError(
-                f"Unknown {where} key {key!r}: did you mean {intended!r}? "
-                f"Fix the spelling (known keys: {', '.join(sorted(known))})."
-            )
+    misspelt = {key: closest_key(key, known) for key in given if key not in allowed}
+    misspelt = {key: intended for key, intended in misspelt.items() if intended is not None}
+    if not misspelt:
+        return
+    guesses = "; ".join(f"{key!r}: did you mean {intended!r}?" for key, intended in misspelt.items())
+    plural = "s" if len(misspelt) > 1 else ""
+    raise ValueError(f"Unknown {where} key{plural} {guesses} Fix the spelling{plural} "
+                     f"(known keys: {', '.join(sorted(known))}).")

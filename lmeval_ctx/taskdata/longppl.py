@@ -18,6 +18,7 @@ Perplexity is ``exp(total NLL / total scored tokens)``: weighted by tokens.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -30,6 +31,8 @@ from lmeval_ctx.taskdata.lengths import validate_lengths
 MAX_CUT_ADJUST = 32
 
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# A local file of any kind but parquet may be gzip-compressed: ``novels.jsonl.gz``.
+COMPRESSED_SUFFIX = ".gz"
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ def load_corpus(dataset_path: str | None = None, dataset_name: str | None = None
     """The documents of a corpus, in order: a local file, a hub dataset, or the shipped excerpts.
 
     ``data_files`` alone may name a local ``.txt`` (the whole file is one document),
-    ``.jsonl``/``.json`` (one document per record), ``.csv`` or ``.parquet`` file, or a
-    list of them. With neither ``data_files`` nor ``dataset_path``, the shipped corpus.
+    ``.jsonl``/``.json`` (one document per record), ``.csv`` or ``.parquet`` file (any but
+    ``.parquet`` may be gzip-compressed: ``novels.jsonl.gz``), or a list of them. With
+    neither ``data_files`` nor ``dataset_path``, the shipped corpus.
     """
     return read_corpus(dataset_path, dataset_name, data_files, text_field, split, revision, num_docs)[0]
 
@@ -99,47 +103,92 @@ def read_corpus(dataset_path: str | None = None, dataset_name: str | None = None
         source = f"{dataset_path} (split {split!r})"
     if not documents:
         raise ValueError(f"The corpus {source} has no documents.")
-    return (documents[:num_docs] if num_docs else documents), identity
+    documents = documents[:num_docs] if num_docs else documents
+    if not any(document.text.strip() for document in documents):
+        which = f"the first {num_docs} (num_docs)" if num_docs else "all"
+        raise ValueError(f"The corpus {source} has no text to score: {which} of its documents are empty or blank "
+                         f"in the field {text_field!r}. Name the field holding the text with text_field, or choose "
+                         "another corpus.")
+    return documents, identity
+
+
+def _local_format(path: Path) -> tuple[str, bool]:
+    """(the file's suffix without ``.gz``, whether it is gzip-compressed), or a ValueError naming the file."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    compressed = bool(suffixes) and suffixes[-1] == COMPRESSED_SUFFIX
+    if compressed:
+        suffixes.pop()
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in LOCAL_SUFFIXES or (compressed and suffix == ".parquet"):
+        raise ValueError(f"corpus_files: {path.name!r} is not a .txt, .jsonl, .json, .csv or .parquet file "
+                         "(nor a .gz of a .txt, .jsonl, .json or .csv file).")
+    return suffix, compressed
+
+
+def _read_text(path: Path, compressed: bool) -> str:
+    if compressed:
+        with gzip.open(path, "rt", encoding="utf-8") as file:
+            return file.read()
+    return path.read_text(encoding="utf-8")
+
+
+def _jsonl_records(path: Path, text: str) -> tuple[list, list[str]]:
+    """The records of a JSON-lines text and the line of each (blank lines skipped)."""
+    records, places = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"corpus_files: {str(path)!r}, line {number}: not a JSON record ({error}).") from error
+        places.append(f"line {number}")
+    return records, places
 
 
 def _read_local(path: Path, text_field: str) -> list[Document]:
     if not path.is_file():
         raise ValueError(f"corpus_files: {str(path)!r} is not a readable file.")
-    kind = LOCAL_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise ValueError(f"corpus_files: {path.name!r} is not a .txt, .jsonl, .json, .csv or .parquet file.")
+    suffix, compressed = _local_format(path)
+    kind = LOCAL_SUFFIXES[suffix]
     places = None  # where each record is, for error messages
     try:
         if kind == "text":
-            text = path.read_text(encoding="utf-8")
-            records = [{text_field: text, "title": path.stem}]
-        elif kind == "json" and path.suffix.lower() == ".jsonl":
-            records, places = [], []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(
-                        f"corpus_files: {str(path)!r}, line {number}: not a JSON record ({error}).") from error
-                places.append(f"line {number}")
+            title = Path(path.stem).stem if compressed else path.stem
+            records = [{text_field: _read_text(path, compressed), "title": title}]
+        elif suffix == ".jsonl":
+            records, places = _jsonl_records(path, _read_text(path, compressed))
         elif kind == "json":
-            loaded = json.loads(path.read_text(encoding="utf-8"))
+            loaded = json.loads(_read_text(path, compressed))
             records = loaded if isinstance(loaded, list) else [loaded]
-        else:
+        else:  # datasets' builders read .csv.gz as well
             import datasets
 
             records = list(datasets.load_dataset(kind, data_files=str(path), split="train"))
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError, EOFError) as error:  # EOFError: a cut-off .gz
         raise ValueError(f"corpus_files: could not read {str(path)!r}: {error}") from error
     except ValueError as error:
         if str(error).startswith("corpus_files:"):
             raise
         raise ValueError(f"corpus_files: could not read {str(path)!r}: {error}") from error
-    if not records:
-        raise ValueError(f"corpus_files: {str(path)!r} is empty.")
-    return _documents(records, text_field, str(path), places)
+    documents = _documents(records, text_field, str(path), places)
+    if not any(document.text.strip() for document in documents):
+        raise ValueError(_no_text_message(path, documents, kind, text_field))
+    return documents
+
+
+def _no_text_message(path: Path, documents: list[Document], kind: str, text_field: str) -> str:
+    """Why a local corpus file has nothing to score, and what to do about it."""
+    if not documents:
+        what = "is empty: it holds no records"
+    elif not any(document.text for document in documents):
+        what = "is empty: it holds no text" if kind == "text" else f"is empty: every record's {text_field!r} is empty"
+    else:
+        what = "is blank: it holds only whitespace" if kind == "text" else \
+            f"is blank: every record's {text_field!r} holds only whitespace"
+    field = "" if kind == "text" else ", name the field that holds the text with text_field"
+    return (f"corpus_files: {str(path)!r} {what}, so there is nothing to score. Name a file with text in "
+            f"corpus_files{field}, or leave corpus_files out to use the shipped Austen excerpts.")
 
 
 def _read_dataset(dataset_path, dataset_name, data_files, text_field, split, revision) -> tuple[list[Document], dict]:
@@ -313,6 +362,25 @@ def _window(doc, doc_index, title, length, start_char, begin, cut, end, first) -
                   len(continuation.split()))
 
 
+def _sliding_span(lengths: list[int], stride, span):
+    """The checked span of a sliding-window run (the longest length unless given); None without ``stride``."""
+    if stride is None:
+        if span is not None:
+            raise ValueError("span only applies to the sliding-window variant: set stride too.")
+        return None
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive whole number of tokens; got {stride!r}.")
+    too_short = [length for length in lengths if stride > length]
+    if too_short:
+        raise ValueError(f"stride={stride} is larger than the length {too_short[0]}: windows would skip tokens. "
+                         "Use a stride no larger than the shortest length.")
+    span = max(lengths) if span is None else span
+    if isinstance(span, bool) or not isinstance(span, int) or span < max(lengths):
+        raise ValueError(f"span={span!r} must be a whole number of tokens at least the longest length "
+                         f"({max(lengths)}).")
+    return span
+
+
 def build_windows(tokenizer, documents: list[Document], lengths, stride: int | None = None,
                   span: int | None = None, add_special_tokens: bool | None = None):
     """Every window of every document at every length, and how many documents each length left out.
@@ -322,19 +390,7 @@ def build_windows(tokenizer, documents: list[Document], lengths, stride: int | N
     whitespace-only documents included.
     """
     lengths = validate_lengths(lengths)
-    if stride is not None:
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be a positive whole number of tokens; got {stride!r}.")
-        too_short = [length for length in lengths if stride > length]
-        if too_short:
-            raise ValueError(f"stride={stride} is larger than the length {too_short[0]}: windows would skip tokens. "
-                             "Use a stride no larger than the shortest length.")
-        span = max(lengths) if span is None else span
-        if isinstance(span, bool) or not isinstance(span, int) or span < max(lengths):
-            raise ValueError(f"span={span!r} must be a whole number of tokens at least the longest length "
-                             f"({max(lengths)}).")
-    elif span is not None:
-        raise ValueError("span only applies to the sliding-window variant: set stride too.")
+    span = _sliding_span(lengths, stride, span)
     windows, left_out, longest = [], {length: 0 for length in lengths}, 0
     for index, document in enumerate(documents):
         if not document.text.strip():  # nothing to score: left out like a document too short

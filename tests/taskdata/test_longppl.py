@@ -1,6 +1,9 @@
 """Long-range perplexity windows: token-exact cuts, sliding tiling, corpora and bad input."""
 
+import gzip
+import hashlib
 import json
+import re
 
 import pytest
 
@@ -10,6 +13,7 @@ from lmeval_ctx.taskdata.longppl import (
     TokenizedDocument,
     build_windows,
     load_corpus,
+    read_corpus,
 )
 from tiny_models import char_tokenizer
 
@@ -119,3 +123,56 @@ def test_a_local_text_file_is_one_document(tmp_path):
     path.write_text("Call me Ishmael. " * 50)
     (document,) = load_corpus(data_files=str(path))
     assert document.title == "book" and document.text.startswith("Call me Ishmael.")
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("empty.txt", "", "is empty: it holds no text"),
+    ("blank.txt", " \n\n\t ", "is blank: it holds only whitespace"),
+    ("blank.jsonl", '{"text": " "}\n{"text": "\\n"}\n', "is blank: every record's 'text' holds only whitespace"),
+    ("empty.jsonl", '{"text": ""}\n', "is empty: every record's 'text' is empty"),
+])
+def test_a_corpus_file_without_text_is_named_with_the_fix(tmp_path, name, content, says):
+    # before: no error here, and the windows failed later with "the longest has 0 tokens"
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(f"corpus_files: '{path}' {says}, so there is nothing to score. "
+                                                   "Name a file with text in corpus_files") + ".*leave corpus_files out"):
+        read_corpus(data_files=str(path))
+
+
+def test_one_blank_file_among_several_is_named(tmp_path):
+    text, blank = tmp_path / "book.txt", tmp_path / "blank.txt"
+    text.write_text("Call me Ishmael. " * 50)
+    blank.write_text("   ")
+    with pytest.raises(ValueError, match=r"'.*blank\.txt' is blank"):
+        read_corpus(data_files=[str(text), str(blank)])
+
+
+def test_blank_documents_beside_text_are_kept_for_counting(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"text": " "}) + "\n" + json.dumps({"text": "Some words."}) + "\n")
+    assert [d.text for d in load_corpus(data_files=str(path))] == [" ", "Some words."]
+    with pytest.raises(ValueError, match=r"the first 1 \(num_docs\) of its documents are empty or blank"):
+        load_corpus(data_files=str(path), num_docs=1)
+
+
+def test_gzip_compressed_files_read_like_plain_ones(tmp_path):
+    records = [{"title": "one", "text": "First document."}, {"title": "two", "text": "Second document."}]
+    plain = tmp_path / "novels.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in records))
+    compressed = tmp_path / "novels.jsonl.gz"
+    compressed.write_bytes(gzip.compress(plain.read_bytes()))
+    documents, identity = read_corpus(data_files=str(compressed))
+    assert documents == load_corpus(data_files=str(plain))
+    assert identity["value"] == hashlib.sha256(compressed.read_bytes()).hexdigest()  # the bytes on disk
+    book = tmp_path / "book.txt.gz"
+    book.write_bytes(gzip.compress(b"Call me Ishmael."))
+    assert load_corpus(data_files=str(book)) == [Document("book", "Call me Ishmael.")]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(compressed.read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"could not read '.*cut\.jsonl\.gz'"):
+        load_corpus(data_files=str(cut))
+    parquet = tmp_path / "x.parquet.gz"
+    parquet.touch()
+    with pytest.raises(ValueError, match=r"'x\.parquet\.gz' is not a \.txt, \.jsonl"):
+        load_corpus(data_files=str(parquet))

@@ -62,6 +62,12 @@ def test_a_misspelt_key_names_the_intended_one(model, hook, key, intended):
         dataset(lengths=[300], max_length=1024, **model, **{key: 3})
 
 
+def test_several_misspelt_keys_are_named_in_one_error(model):
+    with pytest.raises(ValueError, match=r"Unknown longppl --metadata keys 'strid': did you mean 'stride'\?; "
+                                         r"'num_doc': did you mean 'num_docs'\?; 'factr': did you mean 'factor'\?"):
+        longppl.longppl_dataset(lengths=[64], strid=16, num_doc=1, factr=2, **model)
+
+
 def test_model_args_and_lm_evals_own_keys_are_accepted(model):
     docs = passkey.passkey_dataset(lengths=[300], num_samples=2, **model, dtype="float32", device="cpu",
                                    batch_size=1, scaling="pi", factor=8, truncation=False, add_bos_token=False,
@@ -188,6 +194,14 @@ def test_empty_documents_are_left_out_and_counted():
     windows, left_out = build_windows(char_tokenizer(), docs, [80, 200])
     assert left_out == {80: 2, 200: 2}
     assert [(w.title, w.length) for w in windows] == [("long", 80), ("long", 200)]
+
+
+def test_an_empty_corpus_file_is_named_not_measured_as_zero_tokens(model, tmp_path):
+    empty = tmp_path / "notes.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"corpus_files: '.*notes\.txt' is blank") as raised:
+        longppl.longppl_dataset(lengths=[64], data_files=str(empty), **model)
+    assert "longest has 0" not in str(raised.value)
 
 
 def test_the_sliding_window_warning_names_the_span(model, corpus, caplog):
