@@ -10,6 +10,8 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 
 class EditableHook(BuildHookInterface):
+    """Adds the start-up hook, and only it, to an editable install."""
+
     def initialize(self, version, build_data):
         if version == "editable":
             build_data["force_include_editable"] = {"lmeval_ctx.pth": "lmeval_ctx.pth"}

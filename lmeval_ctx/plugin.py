@@ -1,13 +1,19 @@
-"""Make lm-eval find ``ctx-hf`` and the plugin's tasks with no extra flags.
+"""How lm-eval finds the plugin: one table of model names and the task folder, and the start-up hook.
 
 lm-eval 0.4.13 has no plugin discovery. ``lmeval_ctx.pth`` imports this module
 at interpreter start-up; it only installs an import hook, so start-up stays
 cheap and torch, transformers and lm_eval are not imported. When lm_eval's
 model registry (``lm_eval.models``) or task manager (``lm_eval.tasks.manager``)
-is first imported, the hook registers ``ctx-hf`` lazily and adds the plugin's
-task folder to every TaskManager's include path.
+is first imported, the hook registers the models of :data:`MODELS` lazily and
+adds the plugin's task folder to every TaskManager's include path.
 
-Set ``LMEVAL_CTX_NO_AUTOLOAD=1`` to switch it off.
+The table below is the one list of what lm-eval finds. The hook registers :data:`MODELS`; the
+package's ``__path__`` (``lmeval_ctx/__init__.py``, which imports this module, so importing the
+package installs the hook as the ``.pth`` file does) reads :data:`SHIPPED_FOLDERS`; and
+``tests/test_plugin.py`` checks that ``pyproject.toml``'s entry points and wheel contents, the
+``register_model`` names of the model classes and the folder :data:`TASK_PACKAGES` names agree with it.
+
+Set ``LMEVAL_CTX_NO_AUTOLOAD=1`` to switch the hook off.
 """
 
 from __future__ import annotations
@@ -15,17 +21,26 @@ from __future__ import annotations
 import os
 import sys
 
-MODEL_TARGETS = {
+# -- the table --------------------------------------------------------------------------------
+# lm-eval model name -> "module:class" (the form of lm-eval's lazy registry and of the
+# ``lm_eval.models`` entry points).
+MODELS = {
     "ctx-hf": "lmeval_ctx.model_wrappers.ctx_hf:CtxHFLM",
     "ctx-vllm": "lmeval_ctx.model_wrappers.ctx_vllm:CtxVLLM",
 }
+# ``lm_eval.tasks`` entry-point name -> the package whose folder holds the task YAMLs
+# (:func:`lmeval_ctx.common.paths.tasks_path` finds that folder on disk).
+TASK_PACKAGES = {"lmeval-ctx": "lmeval_ctx.tasks"}
+# Top-level folders of the repository that are installed inside the package: the wheel copies them
+# into ``lmeval_ctx/`` (``force-include``), a source checkout puts them on ``lmeval_ctx.__path__``.
+SHIPPED_FOLDERS = ("model_wrappers", "tasks")
 
 
 def register_models(models_module=None) -> None:
     """Register the plugin's models as lazy placeholders in lm-eval's registry."""
     from lm_eval.api.registry import model_registry
 
-    for name, target in MODEL_TARGETS.items():
+    for name, target in MODELS.items():
         if name not in model_registry:
             model_registry.register(name, target=target)
 

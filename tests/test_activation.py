@@ -11,6 +11,7 @@ import pytest
 
 import lmeval_ctx
 from lmeval_ctx.common.paths import tasks_path
+from lmeval_ctx.plugin import MODELS, TASK_PACKAGES
 
 HEAVY = ("torch", "transformers", "lm_eval")
 
@@ -45,7 +46,7 @@ def test_model_and_tasks_resolve_in_a_fresh_interpreter():
 
 
 def test_user_include_path_is_kept_and_ours_added(tmp_path):
-    # given by position, as lm-eval's signature allows (tests/test_autoload.py covers the other forms)
+    # given by position, as lm-eval's signature allows (tests/test_plugin.py covers the other forms)
     code = (
         "from lm_eval.tasks import TaskManager\n"
         "import json\n"
@@ -75,10 +76,10 @@ def test_installed_distribution_declares_both_plugin_entry_points():
 
     declared = {(ep.group, ep.name): ep for ep in distribution("lmeval-ctx").entry_points}
     models = {name: ep.value for (group, name), ep in declared.items() if group == "lm_eval.models"}
-    assert models == {"ctx-hf": "lmeval_ctx.model_wrappers.ctx_hf:CtxHFLM",
-                      "ctx-vllm": "lmeval_ctx.model_wrappers.ctx_vllm:CtxVLLM"}
+    assert models == MODELS
     assert declared[("lm_eval.models", "ctx-hf")].load() is CtxHFLM
     (tasks,) = [ep for (group, _), ep in declared.items() if group == "lm_eval.tasks"]
+    assert {tasks.name: tasks.value} == TASK_PACKAGES
     # resolved as lm-eval's discovery does: the value names a package, its folder holds the YAMLs
     spec = importlib.util.find_spec(tasks.value)
     folder = Path(list(spec.submodule_search_locations)[0])

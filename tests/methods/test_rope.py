@@ -162,19 +162,44 @@ def test_rope_option_validation():
 
 
 def test_every_registered_method_changes_the_frequencies():
-    """The registry holds methods only; scaling=none writes nothing and needs no entry."""
-    base = {"rope_theta": THETA}
-    for method, scale in ROPE_METHODS.items():
-        assert scale(dict(base), 4.0, L, HEAD_DIM, {}) != {**base, "rope_type": "default"}, method
+    """The registry holds the six rescalings, and each slows the lowest frequency (the longest
+    wavelength grows with the context) as transformers computes it from the written parameters;
+    none raises a frequency. scaling=none writes nothing and has no entry. Dynamic NTK changes
+    nothing up to the trained length, so it is read at four times that length."""
+    assert set(ROPE_METHODS) == {"pi", "ntk", "dynamic_ntk", "yarn", "llama3", "ntk_by_parts"}
+    theta = formula_theta()
+    for method in ROPE_METHODS:
+        inv, _ = transformers_inv_freq(scaled(method, 4.0), seq_len=4 * L)
+        inv = inv.double()
+        assert inv[-1] <= theta[-1] / 2, f"{method} leaves the lowest frequency at {inv[-1] / theta[-1]:.3f} x"
+        assert torch.all(inv <= theta * (1 + 1e-6)), f"{method} raises a frequency"
+
+
+# Who each RoPE method is due to, written out here: its function's docstring names it, and the
+# module docstring cites the paper by its arXiv number where there is one (as docs/methods.md does).
+AUTHORS = {"pi": "Chen et al. 2023", "ntk": "bloc97", "dynamic_ntk": "emozilla", "yarn": "Peng et al. 2023",
+           "llama3": "Llama 3.1", "ntk_by_parts": "bloc97"}
+PAPERS = {"pi": "2306.15595", "yarn": "2309.00071", "ntk_by_parts": "2309.00071"}
 
 
 def test_the_docstrings_cite_the_repository_and_the_papers():
+    import re
+    from pathlib import Path
+
     import lmeval_ctx.methods.rope as rope
 
-    assert "shared/" not in rope.__doc__
-    assert "docs/methods.md" in rope.__doc__
-    for citation in ("arXiv:2306.15595", "arXiv:2309.00071"):
-        assert citation in rope.__doc__
+    assert set(AUTHORS) == set(ROPE_METHODS), "a new method needs its citation in AUTHORS"
+    uncited = {method: function.__name__ for method, function in ROPE_METHODS.items()
+               if AUTHORS[method] not in (function.__doc__ or "")}
+    assert not uncited, f"these methods' docstrings do not name their authors: {uncited}"
+    repository = Path(__file__).resolve().parents[2]
+    cited_files = re.findall(r"\b(docs/[\w/.-]+\.md)", rope.__doc__)
+    assert "docs/methods.md" in cited_files and "shared/" not in rope.__doc__
+    assert all((repository / path).is_file() for path in cited_files), cited_files
+    methods_md = (repository / "docs" / "methods.md").read_text()
+    for method, number in PAPERS.items():
+        assert f"arXiv:{number}" in rope.__doc__, f"{method}: arXiv:{number} is not cited"
+        assert f"arXiv {number}" in methods_md, f"{method}: docs/methods.md does not cite arXiv {number}"
 
 
 def llama3_formula(factor: float, low: float, high: float) -> torch.Tensor:
