@@ -1,7 +1,8 @@
 """lmeval-ctx sweep: one load for every method, lm-eval's output format, the same metrics as
 separate lm_eval runs, resumption, failures that do not stop the sweep, point folders that tell every
 factor and every method parameter apart, points checked against the config before the load, and the
-README's example run as written. Resumption rules: test_sweep_resume.py; point parsing: test_sweep_points.py."""
+README's example run as written, and the batch size and device taken from the flags or the model args. Resumption
+rules: test_sweep_resume.py; the modules: tests/sweep/."""
 
 import json
 import os
@@ -18,7 +19,9 @@ import transformers
 
 from lmeval_ctx import cli
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
-from lmeval_ctx.sweep.run import MANIFEST_NAME, run_sweep, summary_table, sweep_points
+from lmeval_ctx.sweep.outputs import MANIFEST_NAME
+from lmeval_ctx.sweep.points import sweep_points
+from lmeval_ctx.sweep.run import run_sweep, summary_table
 from tiny_models import _COMMON, char_tokenizer
 
 TASKS = ["passkey_1k", "longppl"]
@@ -94,6 +97,39 @@ def test_a_failing_method_is_reported_and_the_sweep_goes_on(tiny_model_dir, tmp_
     assert "Traceback" in (tmp_path / "runs" / "none" / "error.log").read_text()
     assert status["pi_x8"]["status"] == "done" and results_of(tmp_path / "runs" / "pi_x8")["results"]["passkey_1k"]
     assert any("none: FAILED" in message for message in messages)
+
+
+def test_a_batch_size_and_device_in_the_model_args_are_used_and_not_compared(tiny_model_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    """``--model_args ...,batch_size=2,device=cpu`` once failed at the load: "CtxHFLM() got multiple values for
+    keyword argument 'batch_size'"."""
+    folder = tiny_model_dir("llama")
+    counter = LoadCounter(monkeypatch)
+    model_args = {"pretrained": str(folder), "dtype": "float32", "batch_size": 2, "device": "cpu"}
+    outcomes = run_sweep(model_args, sweep_points("none"), ["longppl"], tmp_path / "runs", limit=1,
+                         metadata={"lengths": [64], "num_docs": 1}, log=lambda message: None)
+    assert [o["status"] for o in outcomes] == ["done"] and counter.loads == 1
+    manifest = json.loads((tmp_path / "runs" / "none" / MANIFEST_NAME).read_text())
+    assert manifest["not_compared"] == {"batch_size": 2, "device": "cpu"}
+    assert manifest["request"]["model_args"] == {"dtype": "float32"}
+    # the same sweep through the command line, the batch size now a flag: recorded, not compared, so done
+    counter.loads = 0
+    argv = ["sweep", "--model_args", f"pretrained={folder},dtype=float32,device=cpu", "--batch_size", "4",
+            "--methods", "none", "--tasks", "longppl", "--limit", "1", "--output_path", str(tmp_path / "runs"),
+            "--metadata", json.dumps({"lengths": [64], "num_docs": 1})]
+    assert cli.main(argv) == 0 and counter.loads == 0
+    assert "| none |  | skipped (done) |" in capsys.readouterr().out
+
+
+def test_a_model_argument_the_model_does_not_take_is_a_one_line_usage_error(tiny_model_dir, tmp_path, capsys):
+    argv = ["sweep", "--model_args", f"pretrained={tiny_model_dir('llama')},bogus=1", "--methods", "none",
+            "--tasks", "longppl", "--output_path", str(tmp_path / "runs"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Traceback" not in err
+    # the last line (the model's loading messages come before it), so one line
+    assert err.splitlines()[-1].startswith("lmeval-ctx sweep: error: Unknown ctx-hf model_args key 'bogus' (bogus=1)")
 
 
 def test_bad_input_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch):

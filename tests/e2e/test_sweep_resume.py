@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from lmeval_ctx import cli
-from lmeval_ctx.sweep.run import MANIFEST_NAME, ResumeConflict, inspect_point, run_sweep, sweep_points
+from lmeval_ctx.sweep.outputs import MANIFEST_NAME, ResumeConflict, inspect_point
+from lmeval_ctx.sweep.points import sweep_points
+from lmeval_ctx.sweep.run import run_sweep
 from test_sweep import LoadCounter
 from tiny_models import save_tiny_model
 
