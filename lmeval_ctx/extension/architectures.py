@@ -1,11 +1,19 @@
-"""What makes a model an ALiBi model: one entry per architecture.
+"""What an architecture needs for each kind of method: the one table of architectures.
 
-Resolution (:func:`lmeval_ctx.extension.request.position_family`), installation
-(:mod:`lmeval_ctx.extension.alibi.install`, :mod:`lmeval_ctx.extension.alibi.attention`) and the record
-(the slopes in use) all read this table. It holds plain data and config readers
-only, so importing it costs nothing: the functions it names live in
-:mod:`lmeval_ctx.extension.alibi.install` (slope dispatchers) and :mod:`lmeval_ctx.extension.alibi.attention`
-(attention forwards) and are looked up there by name.
+- ALiBi models (:data:`ALIBI_ARCHITECTURES`, one entry per architecture): resolution
+  (:func:`lmeval_ctx.extension.request.position_family`), installation
+  (:mod:`lmeval_ctx.extension.alibi.install`, :mod:`lmeval_ctx.extension.alibi.attention`) and
+  the record (the slopes in use) all read it. Their attention-level method, ``lm_infinite``,
+  runs in the ALiBi attention on every entry.
+- RoPE models whose attention the attention-level methods and log-n scaling replace
+  (:data:`ATTENTION_ARCHITECTURES`): read by the request's checks and the attention patch
+  (:mod:`lmeval_ctx.extension.attention.patch`). RoPE rescalings, written into the config,
+  need no entry.
+
+It holds plain data and config readers only, so importing it costs nothing: the functions
+the ALiBi entries name live in :mod:`lmeval_ctx.extension.alibi.install` (slope dispatchers)
+and :mod:`lmeval_ctx.extension.alibi.attention` (attention forwards) and are looked up there
+by name.
 
 ALiBi: Press et al. 2021, "Train Short, Test Long", arXiv:2108.12409; the slopes
 and methods are written out in docs/methods.md.
@@ -28,20 +36,12 @@ class AlibiArchitecture:
     slope_function: str  # the module-level function that computes the slopes, replaced by a dispatcher
     slope_dispatcher: str  # the factory in lmeval_ctx.extension.alibi.install that builds that dispatcher
     base_slopes: Callable  # config -> the architecture's own slopes (list of floats, one per head)
-    heads_field: str  # config field with the number of attention heads
-    window_field: str | None  # config field with the trained context length; None: the config has none
     attention_class: str  # attention module class (in ``module``) whose forward the blocked attention replaces
     attention_forward: str  # the replacement forward in lmeval_ctx.extension.alibi.attention
     alibi_flag: str | None = None  # config field that must be true for the model to use ALiBi (Falcon)
 
     def uses_alibi(self, config) -> bool:
         return self.alibi_flag is None or bool(getattr(config, self.alibi_flag, False))
-
-    def num_heads(self, config) -> int:
-        return int(getattr(config, self.heads_field))
-
-    def trained_window(self, config) -> int | None:
-        return getattr(config, self.window_field, None) if self.window_field else None
 
 
 def _press_slopes(heads_field: str) -> Callable:
@@ -60,8 +60,6 @@ ALIBI_ARCHITECTURES: dict[str, AlibiArchitecture] = {
         slope_function="_get_alibi_slopes",  # used by its masked path and its no-mask fast path
         slope_dispatcher="bloom_slope_dispatcher",
         base_slopes=_press_slopes("n_head"),
-        heads_field="n_head",
-        window_field=None,  # BLOOM's config records no length (the checkpoints were trained on 2048)
         attention_class="BloomAttention",
         attention_forward="bloom_attention_forward",
     ),
@@ -71,8 +69,6 @@ ALIBI_ARCHITECTURES: dict[str, AlibiArchitecture] = {
         slope_function="build_mpt_alibi_tensor",
         slope_dispatcher="mpt_slope_dispatcher",
         base_slopes=_mpt_slopes,
-        heads_field="n_heads",
-        window_field="max_seq_len",
         attention_class="MptAttention",
         attention_forward="mpt_attention_forward",
     ),
@@ -82,9 +78,7 @@ ALIBI_ARCHITECTURES: dict[str, AlibiArchitecture] = {
         slope_function="build_alibi_tensor",
         slope_dispatcher="falcon_slope_dispatcher",
         base_slopes=_press_slopes("num_attention_heads"),
-        heads_field="num_attention_heads",
-        window_field="max_position_embeddings",
-        attention_class="FalconAttention",  # FalconFlashAttention2 subclasses it
+        attention_class="FalconAttention",  # FalconFlashAttention2 subclasses it (transformers < 5.25)
         attention_forward="falcon_attention_forward",
         alibi_flag="alibi",  # Falcon uses RoPE unless alibi=True (falcon-rw-1b/7b)
     ),
@@ -95,3 +89,20 @@ def alibi_architecture(config) -> AlibiArchitecture | None:
     """The table entry for ``config`` (a decoder config), or None when it does not use ALiBi."""
     arch = ALIBI_ARCHITECTURES.get(getattr(config, "model_type", ""))
     return arch if arch is not None and arch.uses_alibi(config) else None
+
+
+# RoPE architectures whose attention goes through transformers' attention-function registry with
+# the rotate-half RoPE layout, one rotary embedding for all layers, and position_ids passed to the
+# attention function: where lmeval_ctx.extension.attention.patch applies the attention-level
+# methods (rerope, leaky_rerope, self_extend, lm_infinite, dual_chunk) and log-n scaling.
+ATTENTION_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3")
+
+
+def check_attention_architecture(what: str, model_type: str) -> None:
+    """ValueError unless ``model_type`` is one of :data:`ATTENTION_ARCHITECTURES`; ``what`` names the
+    request (``scaling=rerope``, ``logn=true``)."""
+    if model_type not in ATTENTION_ARCHITECTURES:
+        raise ValueError(
+            f"{what} changes attention, which is implemented here for {', '.join(ATTENTION_ARCHITECTURES)} "
+            f"(transformers' attention-function registry, rotate-half RoPE, one rotary embedding); this model is "
+            f"{model_type}. Use a RoPE rescaling (pi, ntk, dynamic_ntk, yarn, llama3, ntk_by_parts) instead.")

@@ -10,7 +10,7 @@ some also hide keys. One function per method returns that assignment as a
 - ``query_position`` and ``key_position``: for the other pairs, the positions query and key
   are rotated to, so their relative position is ``query_position - key_position`` (a
   function of i alone minus a function of j alone, which is what lets
-  :mod:`lmeval_ctx.extension.attention.patch` compute it with one extra rotation of the queries and
+  :mod:`lmeval_ctx.extension.attention.kernel` compute it with one extra rotation of the queries and
   one of the keys, a block of queries at a time);
 - ``visible``: the keys a query may attend to (None: every earlier key).
 
@@ -124,58 +124,6 @@ def lm_infinite(query_positions, key_positions, *, global_tokens: int, local_win
                               torch.zeros_like(key_positions, dtype=torch.float64), visible)
 
 
-@dataclass(frozen=True)
-class AttentionMethod:
-    """One registry entry: the assignment, and the largest distance it leaves as it is."""
-
-    assign: Callable[..., PositionAssignment]
-    # A relative distance up to which every pair keeps its true position and every key stays
-    # visible (from the resolved options and the original length): an input whose distances
-    # stay within it is attended exactly as without the method.
-    unchanged_up_to: Callable[[dict, int], float]
-    # A position below which every pair keeps its true position, whatever its distance (None: no
-    # such bound): DCA changes pairs by the chunks they fall in, so an input whose queries all sit
-    # in the first chunk is attended exactly as without it (the identity chunk_size >= length).
-    unchanged_below: Callable[[dict, int], float] | None = None
-
-
-ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
-    "rerope": AttentionMethod(rerope, lambda o, L: o["window"]),
-    "leaky_rerope": AttentionMethod(leaky_rerope, lambda o, L: o["window"]),
-    "self_extend": AttentionMethod(self_extend,
-                                   lambda o, L: math.inf if o["group_size"] == 1 else o["neighbor_window"] - 1),
-    "lm_infinite": AttentionMethod(lm_infinite, lambda o, L: min(o["local_window"] - 1, L)),
-    # a pair at distance d <= w keeps it wherever the chunk boundaries fall: in one chunk, or in
-    # successive chunks with the query's offset i mod s <= d - 1 < w; a changed pair has d >= w + 1
-    "dual_chunk": AttentionMethod(dual_chunk, lambda o, L: o["local_window"],
-                                  unchanged_below=lambda o, L: o["chunk_size"]),
-}
-assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS
-
-
-def assign_positions(method: str, options: dict, original_length: int, query_positions, key_positions
-                     ) -> PositionAssignment:
-    """``method``'s assignment for these positions, with its resolved ``options``."""
-    own = {key: options[key] for key in ATTENTION_METHOD_OPTIONS[method]}
-    return ATTENTION_METHOD_REGISTRY[method].assign(query_positions, key_positions, original_length=original_length,
-                                                    **own)
-
-
-# Architectures whose attention goes through transformers' attention-function registry with the
-# rotate-half RoPE layout, one rotary embedding for all layers, and position_ids passed to the
-# attention function: where lmeval_ctx.extension.attention.patch applies these methods and log-n scaling.
-ATTENTION_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt_neox", "phi3")
-
-
-def check_architecture(what: str, model_type: str) -> None:
-    """ValueError unless ``model_type`` is one of :data:`ATTENTION_ARCHITECTURES`."""
-    if model_type not in ATTENTION_ARCHITECTURES:
-        raise ValueError(
-            f"{what} changes attention, which is implemented here for {', '.join(ATTENTION_ARCHITECTURES)} "
-            f"(transformers' attention-function registry, rotate-half RoPE, one rotary embedding); this model is "
-            f"{model_type}. Use a RoPE rescaling (pi, ntk, dynamic_ntk, yarn, llama3, ntk_by_parts) instead.")
-
-
 # Defaults from the papers: LM-Infinite's n_global = 10 (they report 10 to 100 all work) and
 # n_local = the trained length.
 LM_INFINITE_GLOBAL_TOKENS = 10
@@ -203,73 +151,77 @@ def _required(method: str, options: dict, name: str, example: str):
     return options[name]
 
 
-def resolve_attention_options(method: str, options: dict, original_length: int | None,
-                              max_length: int | None) -> dict:
-    """``method``'s options validated, with the papers' defaults filled in; ValueError naming the fix."""
-    if original_length is None:
-        raise ValueError(f"scaling={method} needs the trained context length; pass original_max_length=<tokens>.")
-    L = original_length
-    out: dict = {}
-    if method in ("rerope", "leaky_rerope"):
-        window = _whole(_required(method, options, "window",
-                                  f"the distance beyond which relative positions are capped, below "
-                                  f"original_max_length={L} (e.g. window={max(1, L // 4)})."), "window", 1)
-        if window >= L:
-            raise ValueError(f"window={window} must be smaller than original_max_length={L}: the capped relative "
-                             f"position w must be one the model was trained on. Use window <= {L - 1}.")
-        out["window"] = window
-    if method == "leaky_rerope":
-        leak = options.get("leak")
-        if leak is None:
-            if max_length is None:
-                raise ValueError(
-                    "scaling=leaky_rerope needs leak=<k> (relative positions beyond window grow by 1/k per token), "
-                    "or max_length=<evaluated window>, from which k = (max_length - 1 - window)/"
-                    "(original_max_length - 1 - window) maps the largest distance onto the largest trained one.")
-            leak = (max_length - 1 - window) / (L - 1 - window)
-        try:
-            leak = float(leak)
-        except (TypeError, ValueError):
-            raise ValueError(f"leak={options.get('leak')!r} is not a number.") from None
-        if not math.isfinite(leak) or leak < 1:
-            raise ValueError(f"leak={leak:g} must be a finite number >= 1 (k=1 is no change; with max_length, the "
-                             "default k = (max_length - 1 - window)/(original_max_length - 1 - window) is < 1 when the "
-                             "window is inside the trained length: use scaling=none there).")
-        out["leak"] = leak
-        if max_length is not None and window + (max_length - 1 - window) / leak > L - 1 + 1e-9:
-            raise ValueError(f"leak={leak:g} with window={window} reaches relative position "
-                             f"{window + (max_length - 1 - window) / leak:.1f} at max_length={max_length}, beyond the "
-                             f"trained {L - 1}. Use leak >= {(max_length - 1 - window) / (L - 1 - window):.4g}.")
-    if method == "self_extend":
-        group = _whole(_required(method, options, "group_size", "the number of positions merged into one beyond "
-                                 "the neighbour window (e.g. group_size=4)."), "group_size", 1)
-        neighbors = _whole(_required(method, options, "neighbor_window", "the distance inside which positions "
-                                     f"stay exact, below original_max_length={L} (e.g. neighbor_window="
-                                     f"{max(1, L // 8)})."), "neighbor_window", 1)
-        if neighbors >= L:
-            raise ValueError(f"neighbor_window={neighbors} must be smaller than original_max_length={L} (beyond it "
-                             f"positions are grouped; a window of {L} or more leaves distances the model never saw).")
-        if max_length is not None:
-            furthest = (max_length - 1) // group + neighbors - neighbors // group
-            if furthest > L - 1:
-                raise ValueError(
-                    f"group_size={group}, neighbor_window={neighbors} reach relative position {furthest} at "
-                    f"max_length={max_length}, beyond the trained {L - 1}: SelfExtend's reach is about "
-                    f"(L - w)*G + w = {(L - neighbors) * group + neighbors}. "
-                    "Raise group_size or lower neighbor_window.")
-        out.update(group_size=group, neighbor_window=neighbors)
-    if method == "lm_infinite":
-        given_global = options.get("global_tokens")
-        given_local = options.get("local_window")
-        out["global_tokens"] = (LM_INFINITE_GLOBAL_TOKENS if given_global is None
-                                else _whole(given_global, "global_tokens", 0))
-        out["local_window"] = L if given_local is None else _whole(given_local, "local_window", 1)
-    if method == "dual_chunk":
-        out.update(_dual_chunk_options(options, L))
-    return out
+# -- each method's options, validated, with the papers' defaults: (options, L, max_length) -> dict
+def _rerope_options(options: dict, L: int, max_length: int | None, method: str = "rerope") -> dict:
+    """ReRoPE's (and Leaky ReRoPE's) ``window`` ``w``: required, a trained distance (``w < L``)."""
+    window = _whole(_required(method, options, "window",
+                              f"the distance beyond which relative positions are capped, below "
+                              f"original_max_length={L} (e.g. window={max(1, L // 4)})."), "window", 1)
+    if window >= L:
+        raise ValueError(f"window={window} must be smaller than original_max_length={L}: the capped relative "
+                         f"position w must be one the model was trained on. Use window <= {L - 1}.")
+    return {"window": window}
 
 
-def _dual_chunk_options(options: dict, L: int) -> dict:
+def _leaky_rerope_options(options: dict, L: int, max_length: int | None) -> dict:
+    """Leaky ReRoPE's ``window`` and ``leak`` ``k >= 1`` (default: the largest distance at
+    ``max_length`` mapped onto ``L - 1``), checked to stay within the trained distances."""
+    window = _rerope_options(options, L, max_length, method="leaky_rerope")["window"]
+    leak = options.get("leak")
+    if leak is None:
+        if max_length is None:
+            raise ValueError(
+                "scaling=leaky_rerope needs leak=<k> (relative positions beyond window grow by 1/k per token), "
+                "or max_length=<evaluated window>, from which k = (max_length - 1 - window)/"
+                "(original_max_length - 1 - window) maps the largest distance onto the largest trained one.")
+        leak = (max_length - 1 - window) / (L - 1 - window)
+    try:
+        leak = float(leak)
+    except (TypeError, ValueError):
+        raise ValueError(f"leak={options.get('leak')!r} is not a number.") from None
+    if not math.isfinite(leak) or leak < 1:
+        raise ValueError(f"leak={leak:g} must be a finite number >= 1 (k=1 is no change; with max_length, the "
+                         "default k = (max_length - 1 - window)/(original_max_length - 1 - window) is < 1 when the "
+                         "window is inside the trained length: use scaling=none there).")
+    if max_length is not None and window + (max_length - 1 - window) / leak > L - 1 + 1e-9:
+        raise ValueError(f"leak={leak:g} with window={window} reaches relative position "
+                         f"{window + (max_length - 1 - window) / leak:.1f} at max_length={max_length}, beyond the "
+                         f"trained {L - 1}. Use leak >= {(max_length - 1 - window) / (L - 1 - window):.4g}.")
+    return {"window": window, "leak": leak}
+
+
+def _self_extend_options(options: dict, L: int, max_length: int | None) -> dict:
+    """SelfExtend's ``group_size`` ``G`` and ``neighbor_window`` ``w < L`` (both required), checked so
+    that the largest grouped distance at ``max_length`` stays within the trained ones."""
+    method = "self_extend"
+    group = _whole(_required(method, options, "group_size", "the number of positions merged into one beyond "
+                             "the neighbour window (e.g. group_size=4)."), "group_size", 1)
+    neighbors = _whole(_required(method, options, "neighbor_window", "the distance inside which positions "
+                                 f"stay exact, below original_max_length={L} (e.g. neighbor_window="
+                                 f"{max(1, L // 8)})."), "neighbor_window", 1)
+    if neighbors >= L:
+        raise ValueError(f"neighbor_window={neighbors} must be smaller than original_max_length={L} (beyond it "
+                         f"positions are grouped; a window of {L} or more leaves distances the model never saw).")
+    if max_length is not None:
+        furthest = (max_length - 1) // group + neighbors - neighbors // group
+        if furthest > L - 1:
+            raise ValueError(
+                f"group_size={group}, neighbor_window={neighbors} reach relative position {furthest} at "
+                f"max_length={max_length}, beyond the trained {L - 1}: SelfExtend's reach is about "
+                f"(L - w)*G + w = {(L - neighbors) * group + neighbors}. "
+                "Raise group_size or lower neighbor_window.")
+    return {"group_size": group, "neighbor_window": neighbors}
+
+
+def _lm_infinite_options(options: dict, L: int, max_length: int | None) -> dict:
+    """LM-Infinite's ``global_tokens`` (default 10) and ``local_window`` (default ``L``)."""
+    given_global, given_local = options.get("global_tokens"), options.get("local_window")
+    return {"global_tokens": LM_INFINITE_GLOBAL_TOKENS if given_global is None
+            else _whole(given_global, "global_tokens", 0),
+            "local_window": L if given_local is None else _whole(given_local, "local_window", 1)}
+
+
+def _dual_chunk_options(options: dict, L: int, max_length: int | None) -> dict:
     """DCA's chunk size ``s`` (default ``floor(3L/4)``) and local window ``w`` (default ``L - s``, the
     paper's choice "w = c - s", at most ``s``: a chunk has ``s`` queries), checked so that no relative
     position exceeds the trained ``L - 1``."""
@@ -290,3 +242,53 @@ def _dual_chunk_options(options: dict, L: int) -> dict:
                          f"the trained {L - 1}. Use chunk_size + local_window <= original_max_length={L}: "
                          f"local_window <= {L - chunk}, or chunk_size <= {L - local}.")
     return {"chunk_size": chunk, "local_window": local}
+
+
+@dataclass(frozen=True)
+class AttentionMethod:
+    """One registry entry: the assignment, its options, and the distances it leaves as they are."""
+
+    assign: Callable[..., PositionAssignment]
+    # (options, original_length, max_length) -> the options validated, with the papers' defaults
+    resolve_options: Callable[[dict, int, int | None], dict]
+    # A relative distance up to which every pair keeps its true position and every key stays
+    # visible (from the resolved options and the original length): an input whose distances
+    # stay within it is attended exactly as without the method.
+    unchanged_up_to: Callable[[dict, int], float]
+    # A position below which every pair keeps its true position, whatever its distance (None: no
+    # such bound): DCA changes pairs by the chunks they fall in, so an input whose queries all sit
+    # in the first chunk is attended exactly as without it (the identity chunk_size >= length).
+    unchanged_below: Callable[[dict, int], float] | None = None
+
+
+ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
+    "rerope": AttentionMethod(rerope, _rerope_options, lambda o, L: o["window"]),
+    "leaky_rerope": AttentionMethod(leaky_rerope, _leaky_rerope_options, lambda o, L: o["window"]),
+    "self_extend": AttentionMethod(self_extend, _self_extend_options,
+                                   lambda o, L: math.inf if o["group_size"] == 1 else o["neighbor_window"] - 1),
+    "lm_infinite": AttentionMethod(lm_infinite, _lm_infinite_options, lambda o, L: min(o["local_window"] - 1, L)),
+    # a pair at distance d <= w keeps it wherever the chunk boundaries fall: in one chunk, or in
+    # successive chunks with the query's offset i mod s <= d - 1 < w; a changed pair has d >= w + 1
+    "dual_chunk": AttentionMethod(dual_chunk, _dual_chunk_options, lambda o, L: o["local_window"],
+                                  unchanged_below=lambda o, L: o["chunk_size"]),
+}
+assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS
+
+
+def assign_positions(method: str, options: dict, original_length: int, query_positions, key_positions
+                     ) -> PositionAssignment:
+    """``method``'s assignment for these positions, with its resolved ``options``."""
+    own = {key: options[key] for key in ATTENTION_METHOD_OPTIONS[method]}
+    return ATTENTION_METHOD_REGISTRY[method].assign(query_positions, key_positions, original_length=original_length,
+                                                    **own)
+
+
+def resolve_attention_options(method: str, options: dict, original_length: int | None,
+                              max_length: int | None) -> dict:
+    """``method``'s options validated, with the papers' defaults filled in; ValueError naming the fix."""
+    if method not in ATTENTION_METHOD_REGISTRY:
+        raise ValueError(f"scaling={method!r} is not an attention-level method; those are "
+                         f"{', '.join(ATTENTION_METHOD_REGISTRY)}.")
+    if original_length is None:
+        raise ValueError(f"scaling={method} needs the trained context length; pass original_max_length=<tokens>.")
+    return ATTENTION_METHOD_REGISTRY[method].resolve_options(options, original_length, max_length)

@@ -2,12 +2,13 @@
 
 transformers runs these models' ALiBi attention on whole ``heads x queries x keys``
 score tensors (BLOOM, MPT: eager attention; Falcon: a dense float mask with the bias
-folded in, for SDPA). Here a block of query rows is attended at a time with
-``torch.nn.functional.scaled_dot_product_attention``; the block's additive mask
-(``batch x heads x rows x keys``) is built from the model's own per-key ALiBi bias
-(BLOOM's and Falcon's ``alibi`` tensor, MPT's ``position_bias``, all ``heads x keys``,
-computed from the slopes :mod:`lmeval_ctx.extension.alibi.install` puts in place) and the causal
-and padding mask of those rows. Nothing of size ``queries x keys`` is ever built.
+folded in). Here a block of query rows is attended at a time with
+``torch.nn.functional.scaled_dot_product_attention`` at the model's head size; the block's
+additive float mask (``batch x heads x rows x keys``) is the model's own per-key ALiBi bias
+(BLOOM's ``alibi`` tensor, MPT's ``position_bias``, Falcon's bias formed here as its
+``build_alibi_tensor`` forms it; all ``heads x keys``) with the causal and padding mask of
+those rows. Nothing of size ``queries x keys`` is ever built. The slopes of the running
+call come from :mod:`lmeval_ctx.extension.alibi.scaling` (see there for how).
 
 ALiBi's bias ``-m_h (i - j)`` equals ``m_h j`` up to a constant per query row, which
 softmax ignores, so a bias per key is exact (Press et al. 2021, "Train Short, Test
@@ -17,20 +18,20 @@ Each architecture's replacement forward keeps everything of the original except
 the score/softmax/value part: BLOOM adds its bias unscaled (``baddbmm`` with
 ``beta=1``, ``alpha=1/sqrt(head_dim)``); MPT clips ``qkv`` (``clip_qkv``), scales by
 ``softmax_scale`` and adds ``position_bias`` unscaled; Falcon scales its bias
-(bfloat16-rounded slopes times positions) by ``1/sqrt(head_dim)`` like its SDPA path.
+(bfloat16-rounded slopes times positions) by ``1/sqrt(head_dim)`` as its model does.
 
-The model's mask comes from transformers' ``create_causal_mask``, which for the
-scaled model is asked (through the mask-interface name registered here) for a
-:class:`RowBlockMask` instead of a dense ``batch x 1 x queries x keys`` tensor; it
-builds each block's rows with transformers' own ``sdpa_mask``, so causal masking,
-padding, KV-cache offsets and packed sequences are transformers' own.
+The model's mask comes from transformers' ``create_causal_mask`` as a
+:class:`lmeval_ctx.extension.alibi.masks.RowBlockMask` instead of a dense
+``batch x 1 x queries x keys`` tensor: each block's rows are built by transformers' own
+``sdpa_mask``, so causal masking, padding, KV-cache offsets and packed sequences are
+transformers' own.
 
 On CUDA with the optional ``flash-attn`` package, a half-precision model, and a
 plain causal mask without padding, flash-attn's ``alibi_slopes`` kernel is used
 instead (not run in this project's CI: no GPU there).
 
 LM-Infinite (``scaling=lm_infinite``; Han et al. 2023, arXiv:2308.16137) runs here too, as an
-:class:`AlibiPositionMethod`: the relative position of
+:class:`lmeval_ctx.extension.alibi.scaling.AlibiPositionMethod`: the relative position of
 :func:`lmeval_ctx.methods.attention.lm_infinite`, ``rel = min(i - j, L)``, makes the bias
 ``-m_h * rel``, i.e. the model's own per-key bias plus ``m_h * (i - j - rel)`` on the pairs
 past the ceiling, and its Λ-shaped mask hides the keys between the first ``global_tokens``
@@ -41,18 +42,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from transformers.masking_utils import (
-    ALL_MASK_ATTENTION_FUNCTIONS,
-    causal_mask_function,
-    prepare_padding_mask,
-    sdpa_mask,
-)
 
-from lmeval_ctx.methods.attention import ATTENTION_METHOD_REGISTRY, assign_positions, relative_positions
+from lmeval_ctx.extension.alibi.masks import RowBlockMask
+from lmeval_ctx.extension.alibi.scaling import (
+    AlibiPositionMethod,
+    active_position_method,
+    active_slopes,
+    attention_choice,
+)
 
 # alibi_attention= values: auto (flash-attn where it applies, else blocks), blocked, transformers.
 ATTENTION_CHOICES = ("auto", "blocked", "transformers")
@@ -61,9 +61,6 @@ ATTENTION_CHOICES = ("auto", "blocked", "transformers")
 BLOCK_BYTES = 128 * 2**20
 MAX_BLOCK_ROWS = 512
 MIN_BLOCK_ROWS = 16
-
-# The mask-interface name create_causal_mask is given for a scaled model (see row_block_mask_config).
-ROW_BLOCK_MASK = "lmeval_ctx_alibi_row_blocks"
 
 
 def validate_attention_choice(choice) -> str:
@@ -77,151 +74,128 @@ def validate_attention_choice(choice) -> str:
     return value
 
 
-# ----------------------------------------------------------------------------- masks
-@dataclass
-class RowBlockMask:
-    """The ``(batch, 1, queries, keys)`` boolean mask transformers would build, row blocks on demand.
-
-    Holds the arguments transformers' mask interface receives; :meth:`rows` calls
-    transformers' ``sdpa_mask`` for a block of query rows (True: attend).
-    """
-
-    batch_size: int
-    q_length: int
-    kv_length: int
-    q_offset: int | torch.Tensor
-    kv_offset: int
-    mask_function: Callable
-    padding: torch.Tensor | None  # (batch, keys) bool, True for real tokens
-    use_vmap: bool
-    device: torch.device | str
-
-    # Not a materialized tensor. Falcon's model forward folds ALiBi into a mask only
-    # when ``mask.ndim == 4``; with None it leaves the bias to the attention.
-    ndim = None
-
-    def to(self, *args, **kwargs) -> "RowBlockMask":
-        """MPT's model casts its mask with ``.to(torch.bool)``; the rows are boolean already."""
-        return self
-
-    @property
-    def plain_causal(self) -> bool:
-        """Only causality and padding: keys after a block's last query are masked for the whole block."""
-        return self.mask_function is causal_mask_function
-
-    @property
-    def first_query(self) -> int:
-        """Index among the keys of the first query (``q_offset`` is a tensor for static caches)."""
-        return int(self.q_offset) - self.kv_offset
-
-    def key_positions(self) -> torch.Tensor:
-        """``(batch or 1, keys)``: each key's position, counting the real tokens before it (as BLOOM
-        and Falcon count their ALiBi positions), so left padding does not move a token."""
-        if self.padding is None:
-            return torch.arange(self.kv_length, device=self.device)[None]
-        padding = prepare_padding_mask(self.padding, self.kv_length, self.kv_offset).to(self.device)
-        counted = padding.to(torch.int64).cumsum(dim=-1) - 1
-        return counted[:, self.kv_offset:self.kv_offset + self.kv_length]
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        return sdpa_mask(
-            batch_size=self.batch_size, q_length=stop - start, kv_length=self.kv_length,
-            q_offset=self.q_offset + start, kv_offset=self.kv_offset, mask_function=self.mask_function,
-            attention_mask=self.padding, allow_is_causal_skip=False, use_vmap=self.use_vmap, device=self.device,
-        )
-
-
-def _row_block_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=causal_mask_function,
-                    attention_mask=None, use_vmap=False, device="cpu", **kwargs) -> RowBlockMask:
-    return RowBlockMask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
-                        use_vmap, device)
-
-
-# Registered under a name no transformers model uses: only a config presented through
-# row_block_mask_config (the scaled model's, during its forward) selects it.
-ALL_MASK_ATTENTION_FUNCTIONS.register(ROW_BLOCK_MASK, _row_block_mask)
-
-
-class _RowBlockMaskConfig:
-    """A view of a model config that asks ``create_causal_mask`` for a :class:`RowBlockMask`."""
-
-    _attn_implementation = ROW_BLOCK_MASK
-
-    def __init__(self, config):
-        self._config = config
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-
-def row_block_mask_config(config) -> _RowBlockMaskConfig:
-    return _RowBlockMaskConfig(config)
-
-
-# ----------------------------------------------------------------------------- attention-level methods
-@dataclass(frozen=True)
-class AlibiPositionMethod:
-    """An attention-level method in its ALiBi form (``lm_infinite``): the bias ``-m_h * rel(i, j)``
-    with the method's relative position ``rel`` (:mod:`lmeval_ctx.methods.attention`) and the
-    keys it hides."""
-
-    method: str  # a key of ATTENTION_METHOD_REGISTRY
-    options: dict  # its resolved options (resolve_attention_options)
-    original_length: int  # L, the trained length
-    slopes: torch.Tensor  # (heads,) float32: the slopes in the units of the key bias (model's scale applied)
-
-    def changes(self, largest_distance: int) -> bool:
-        """Does the method change any pair whose distance is at most ``largest_distance``?"""
-        unchanged = ATTENTION_METHOD_REGISTRY[self.method].unchanged_up_to(self.options, self.original_length)
-        return largest_distance > unchanged
-
-    def block(self, query_positions: torch.Tensor, key_positions: torch.Tensor
-              ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """For a block: ``(visible, correction)``.
-
-        ``query_positions``: ``(batch or 1, rows)``; ``key_positions``: ``(batch or 1, keys)``.
-        ``visible``: ``(batch or 1, 1, rows, keys)`` bool, or None (no key hidden);
-        ``correction``: ``(batch or 1, heads, rows, keys)`` float32, ``m_h * (i - j - rel)``, added
-        to the model's bias ``-m_h (i - j)`` (up to a constant per row) to make it ``-m_h * rel``.
-        """
-        queries, keys = query_positions[:, :, None], key_positions[:, None, :]
-        assignment = assign_positions(self.method, self.options, self.original_length, queries, keys)
-        excess = ((queries - keys).to(torch.float64) - relative_positions(assignment, queries, keys)).to(torch.float32)
-        correction = self.slopes.to(excess.device)[None, :, None, None] * excess[:, None]
-        visible = None if assignment.visible is None else assignment.visible[:, None]
-        return visible, correction
-
-
 # ----------------------------------------------------------------------------- the attention core
 def _block_rows(batch: int, heads: int, keys: int, itemsize: int) -> int:
     rows = BLOCK_BYTES // max(1, batch * heads * keys * itemsize)
     return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows)))
 
 
-def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            key_bias: torch.Tensor | None, mask, scale: float,
-                            position_method: AlibiPositionMethod | None = None) -> torch.Tensor:
+def _per_query_head(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Keys or values ``(batch, kv_heads, keys, d)`` for each of ``heads`` query heads (query head
+    ``h`` reads key/value head ``h // (heads / kv_heads)``, as transformers' ``repeat_kv``)."""
+    if x.shape[1] == heads:
+        return x
+    if x.shape[1] == 1:  # multi-query: a view, no copy
+        return x.expand(-1, heads, -1, -1)
+    return x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+@dataclass
+class _Block:
+    """What one block of query rows ``[start, stop)`` may attend to, before the bias is added."""
+
+    start: int
+    stop: int
+    key_end: int  # the block attends to keys [0, key_end): the later ones are masked for all its rows
+    keep: torch.Tensor | None  # bool, broadcastable to (batch, heads, rows, key_end); None: see additive
+    additive: torch.Tensor | None = None  # a caller's float mask for the block (then keep is None), or None
+    correction: torch.Tensor | None = None  # (batch or 1, heads, rows, key_end) float32: a position method's
+    empty_rows: torch.Tensor | None = None  # (batch, 1, rows): rows with no key at all (padding)
+
+
+def _dense_block(mask: torch.Tensor, start: int, stop: int, keys: int) -> _Block:
+    """A block of a caller's 4-D mask, boolean (True: attend) or additive float."""
+    rows = mask[:, :, start:stop] if mask.shape[2] != 1 else mask
+    if rows.dtype == torch.bool:
+        return _Block(start, stop, keys, rows)
+    return _Block(start, stop, keys, None, additive=rows)
+
+
+def _causal_block(mask: RowBlockMask | None, first_query: int, start: int, stop: int, keys: int,
+                  device) -> _Block:
+    """A block of causality alone (``mask`` None) or of transformers' rows."""
+    key_end = keys
+    if mask is None or mask.plain_causal:  # keys after the block's last query are masked for every row
+        key_end = max(1, min(keys, first_query + stop))
+    if mask is None:
+        positions = torch.arange(key_end, device=device)
+        keep = positions[None, :] <= (first_query + torch.arange(start, stop, device=device))[:, None]
+        return _Block(start, stop, key_end, keep)
+    full = mask.rows(start, stop)  # (batch, 1, rows, keys)
+    return _Block(start, stop, key_end, full[..., :key_end], empty_rows=~full.any(dim=-1))
+
+
+def _apply_position_method(block: _Block, method: AlibiPositionMethod, key_positions: torch.Tensor,
+                           first_query: int) -> None:
+    """Hide the keys the method hides and add its bias correction, in a block whose pairs it changes."""
+    rows = block.stop - block.start
+    query_positions = key_positions[:, first_query + block.start:first_query + block.stop]
+    visible, block.correction = method.block(query_positions, key_positions[:, :block.key_end])
+    block.keep = block.keep.reshape(-1, 1, rows, block.key_end)
+    if visible is not None:
+        block.keep = block.keep & visible
+
+
+def _block_mask(block: _Block, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The block's additive float mask for SDPA: the per-key bias (plus a position method's
+    correction) where a pair is kept, the dtype's lowest elsewhere. The bias is shifted to 0 at
+    the block's last key (softmax ignores a constant per row), so its values stay small near the
+    diagonal, where attention is, in half precision too."""
+    end = block.key_end
+    bias = key_bias[..., :end] - key_bias[..., end - 1:end]  # (batch or 1, heads, 1, keys) float32
+    if block.correction is not None:
+        bias = bias + block.correction
+    bias = bias.to(dtype)
+    if block.additive is not None:
+        return bias + block.additive.to(dtype)
+    return torch.where(block.keep, bias, torch.finfo(dtype).min)
+
+
+def _seen_columns(block: _Block) -> torch.Tensor | None:
+    """The keys some row of a position method's block sees (LM-Infinite leaves out its middle), or
+    None when all or none are (none: only padding rows, filled with the mean of all values)."""
+    if block.correction is None:
+        return None
+    seen = block.keep.reshape(-1, block.key_end).any(dim=0)
+    if not bool(seen.any()) or bool(seen.all()):
+        return None
+    return seen.nonzero().squeeze(-1)
+
+
+def _first_query(mask, keys: int, queries: int) -> int | None:
+    """The index among the keys of the first query, or None when a caller's dense mask decides."""
+    if mask is None:
+        return keys - queries
+    return mask.first_query if isinstance(mask, RowBlockMask) else None
+
+
+def _method_key_positions(mask, first_query: int | None, keys: int, device, method) -> torch.Tensor:
+    if first_query is None:
+        raise ValueError(
+            f"scaling={method.method} on ALiBi builds its mask from the 2-D attention mask and "
+            "cannot combine with a dense 4-D mask (a caller's own, or a static cache's). Pass a 2-D "
+            "attention_mask and use the default dynamic cache.")
+    return mask.key_positions() if isinstance(mask, RowBlockMask) else torch.arange(keys, device=device)[None]
+
+
+def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor,
+                            mask, scale: float, position_method: AlibiPositionMethod | None = None) -> torch.Tensor:
     """``softmax(q k^T * scale + bias + mask) v``, a block of query rows at a time.
 
-    The per-head bias rides in the dot product: ``q' = [q, 1]``, ``k' = [k, bias / scale]``
-    (``v`` gets a zero column, so the three share one head size, which SDPA's fused kernels
-    need), so the mask a block needs is one ``batch x 1 x rows x keys`` tensor for all
-    heads. Per block the bias is shifted to 0 at the block's last key (softmax ignores a
-    constant per row), so the folded values stay small where attention is, in half
-    precision too.
+    Each block is one SDPA call at the model's head size, with the bias and the block's mask
+    as one additive float mask ``(batch or 1, heads, rows, keys)`` (:func:`_block_mask`).
 
     Args:
         query: ``(batch, heads, queries, head_dim)``; key, value: ``(batch, kv_heads, keys, head_dim)``
-            (``kv_heads`` 1 or ``heads``). Queries are the last ``queries`` positions unless
+            (``kv_heads`` dividing ``heads``). Queries are the last ``queries`` positions unless
             the mask says otherwise.
-        key_bias: ``(batch or 1, heads, 1, keys)``, added to every query's scores; None when
-            the mask already holds the bias.
+        key_bias: ``(batch or 1, heads, 1, keys)``, added to every query's scaled scores.
         mask: a :class:`RowBlockMask`; a 4-D tensor broadcastable to ``(batch, heads, queries,
             keys)``, boolean (True: attend) or additive float; or None (causal).
         position_method: an attention-level method (``lm_infinite``) applied on top: in the
-            blocks it changes, its hidden keys join the mask and its bias correction makes the
-            mask per head (``batch x heads x rows x keys``); the keys no row of the block sees
-            are left out of the block's SDPA call. Needs a :class:`RowBlockMask` or None.
+            blocks it changes, its hidden keys join the mask and its bias correction is added;
+            the keys no row of the block sees are left out of the block's SDPA call. Needs a
+            :class:`RowBlockMask` or None.
     Returns:
         ``(batch, heads, queries, head_dim)``. A query row with no key to attend to (a
         padding position) gets the mean of all values, as eager attention gives it
@@ -229,77 +203,33 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     """
     batch, heads, q_len, head_dim = query.shape
     keys = key.shape[-2]
-    if key.shape[1] != heads:  # multi-query (Falcon multi_query=True): one key/value head
-        key = key.expand(-1, heads, -1, -1)
-        value = value.expand(-1, heads, -1, -1)
-    dtype, device = query.dtype, query.device
-    lowest = torch.finfo(dtype).min
+    key, value = _per_query_head(key, heads), _per_query_head(value, heads)
     all_values_mean = value.mean(dim=-2, keepdim=True) if isinstance(mask, RowBlockMask) else None
-    if key_bias is not None:
-        key_bias = key_bias.to(torch.float32).expand(batch, heads, 1, keys)
-        query = torch.cat([query, query.new_ones(batch, heads, q_len, 1)], dim=-1)
-        value = torch.cat([value, value.new_zeros(batch, heads, keys, 1)], dim=-1)
-    out = torch.empty(batch, heads, q_len, head_dim, dtype=value.dtype, device=device)
-    step = _block_rows(batch, heads, keys, query.element_size())
-    first_query = keys - q_len if mask is None else (mask.first_query if isinstance(mask, RowBlockMask) else None)
-    key_positions = None
-    if position_method is not None:
-        if first_query is None:
-            raise ValueError(
-                f"scaling={position_method.method} on ALiBi builds its mask from the 2-D attention mask and "
-                "cannot combine with a dense 4-D mask (a caller's own, or a static cache's). Pass a 2-D "
-                "attention_mask and use the default dynamic cache.")
-        key_positions = (mask.key_positions() if isinstance(mask, RowBlockMask)
-                         else torch.arange(keys, device=device)[None])
+    first_query = _first_query(mask, keys, q_len)
+    key_positions = (None if position_method is None
+                     else _method_key_positions(mask, first_query, keys, query.device, position_method))
     if isinstance(mask, RowBlockMask) and mask.plain_causal and mask.padding is None:
         mask = None  # causality alone, known from first_query: cheaper than transformers' general mask
+    key_bias = key_bias.to(torch.float32)
+    out = torch.empty(batch, heads, q_len, head_dim, dtype=value.dtype, device=query.device)
+    step = _block_rows(batch, heads, keys, query.element_size())
     for start in range(0, q_len, step):
         stop = min(q_len, start + step)
-        empty_rows = None
-        key_end = keys
-        per_head = False  # a position method's block: its mask differs per head
-        if isinstance(mask, torch.Tensor):
-            rows = mask[:, :, start:stop] if mask.shape[2] != 1 else mask
-            block_mask = (torch.zeros((), dtype=dtype, device=device).masked_fill(~rows, lowest)
-                          if rows.dtype == torch.bool else rows.to(dtype))
-        else:
-            if first_query is not None and (mask is None or mask.plain_causal):
-                # keys after the block's last query are masked for every row of the block
-                key_end = max(1, min(keys, first_query + stop))
-            if mask is None:
-                positions = torch.arange(key_end, device=device)
-                keep = positions[None, :] <= (first_query + torch.arange(start, stop, device=device))[:, None]
-            else:
-                full = mask.rows(start, stop)  # (batch, 1, rows, keys)
-                empty_rows = ~full.any(dim=-1)
-                keep = full[..., :key_end]
-            # the largest distance in the block: positions count real tokens, so never more than indices
-            if position_method is not None and position_method.changes(first_query + stop - 1):
-                keep = keep.reshape(-1, 1, stop - start, key_end)
-                query_positions = key_positions[:, first_query + start:first_query + stop]
-                visible, correction = position_method.block(query_positions, key_positions[:, :key_end])
-                if visible is not None:
-                    keep = keep & visible
-                block_mask = correction.to(dtype).masked_fill(~keep, lowest)  # (batch or 1, heads, rows, keys)
-                per_head = True
-            else:
-                block_mask = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, lowest)
-        block_key, block_value = key[:, :, :key_end], value[:, :, :key_end]
-        if key_bias is not None:
-            bias = key_bias[..., :key_end] - key_bias[..., key_end - 1:key_end]
-            block_key = torch.cat([block_key, (bias / scale).transpose(-1, -2).to(dtype)], dim=-1)
-        if per_head:  # leave out the keys no row of the block sees (LM-Infinite's middle)
-            seen = keep.reshape(-1, key_end).any(dim=0)
-            if bool(seen.any()) and not bool(seen.all()):  # (none seen: only padding rows, filled below)
-                columns = seen.nonzero().squeeze(-1)
-                block_key, block_value = block_key[:, :, columns], block_value[:, :, columns]
-                block_mask = block_mask[..., columns]
-        attended = F.scaled_dot_product_attention(
-            query[:, :, start:stop], block_key, block_value, attn_mask=block_mask, scale=scale,
-        )
-        out[:, :, start:stop] = attended[..., :head_dim]
-        if empty_rows is not None and bool(empty_rows.any()):
-            out[:, :, start:stop] = torch.where(empty_rows[..., None], all_values_mean, out[:, :, start:stop])
+        block = (_dense_block(mask, start, stop, keys) if isinstance(mask, torch.Tensor)
+                 else _causal_block(mask, first_query, start, stop, keys, query.device))
+        # the largest distance in the block: positions count real tokens, so never more than indices
+        if position_method is not None and position_method.changes(first_query + stop - 1):
+            _apply_position_method(block, position_method, key_positions, first_query)
+        block_mask = _block_mask(block, key_bias, query.dtype)
+        block_key, block_value = key[:, :, :block.key_end], value[:, :, :block.key_end]
+        columns = _seen_columns(block)
+        if columns is not None:
+            block_key, block_value = block_key[:, :, columns], block_value[:, :, columns]
+            block_mask = block_mask[..., columns]
+        out[:, :, start:stop] = F.scaled_dot_product_attention(
+            query[:, :, start:stop], block_key, block_value, attn_mask=block_mask, scale=scale)
+        if block.empty_rows is not None and bool(block.empty_rows.any()):
+            out[:, :, start:stop] = torch.where(block.empty_rows[..., None], all_values_mean, out[:, :, start:stop])
     return out
 
 
@@ -334,13 +264,14 @@ def flash_alibi_attention(query, key, value, slopes: torch.Tensor, scale: float)
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, key_bias, mask, scale, slopes: Callable[[], torch.Tensor]):
-    """``slopes()``: the slopes in the units of ``key_bias`` (the model's scaling of its bias applied)."""
-    from lmeval_ctx.extension.alibi.install import active_position_method, attention_choice  # this call's setting
+def _attend(query, key, value, key_bias, mask, scale, slopes: torch.Tensor):
+    """The running call's attention: flash-attn where it applies, else the blocks.
 
+    ``slopes``: the call's slopes (:func:`lmeval_ctx.extension.alibi.scaling.active_slopes`) in
+    the units of ``key_bias`` (the model's scaling of its bias applied)."""
     position_method = active_position_method(slopes)
     if position_method is None and _flash_applies(attention_choice(), query, key, mask):
-        return flash_alibi_attention(query, key, value, slopes(), scale)
+        return flash_alibi_attention(query, key, value, slopes, scale)
     return blocked_alibi_attention(query, key, value, key_bias, mask, scale, position_method)
 
 
@@ -356,8 +287,6 @@ def _no_attention_weights(output_attentions: bool) -> None:
 def bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
                             output_attentions=False, **kwargs):
     """``BloomAttention.forward`` with the blocked core; ``alibi`` is ``(batch*heads, 1, keys)``."""
-    from lmeval_ctx.extension.alibi.install import active_slopes
-
     _no_attention_weights(output_attentions)
     batch_size, q_length, _ = hidden_states.shape
     query, key, value = self._reshape(self.query_key_value(hidden_states))
@@ -367,8 +296,7 @@ def bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask
     key_bias = alibi.view(batch_size, self.num_heads, 1, -1)
     if self.beta != 1.0:
         key_bias = key_bias * self.beta
-    context = _attend(query, key, value, key_bias, attention_mask, self.inv_norm_factor,
-                      lambda: active_slopes() * self.beta)
+    context = _attend(query, key, value, key_bias, attention_mask, self.inv_norm_factor, active_slopes() * self.beta)
     context = context.transpose(1, 2).reshape(batch_size, q_length, self.num_heads * self.head_dim)
     if self.pretraining_tp > 1 and self.slow_but_exact:
         slices = self.hidden_size / self.pretraining_tp
@@ -384,8 +312,6 @@ def bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask
 
 def mpt_attention_forward(self, hidden_states, position_bias, cache=None, attention_mask=None, **kwargs):
     """``MptAttention.forward`` with the blocked core; ``position_bias`` is ``(heads, 1, positions)``."""
-    from lmeval_ctx.extension.alibi.install import active_slopes
-
     batch_size, seq_length = hidden_states.shape[:2]
     mixed_qkv = self.Wqkv(hidden_states)
     if self.clip_qkv:
@@ -406,33 +332,59 @@ def mpt_attention_forward(self, hidden_states, position_bias, cache=None, attent
     key_bias = position_bias[:, :, position_bias.shape[-1] - key_length:][None]
     if isinstance(attention_mask, torch.Tensor):
         attention_mask = ~attention_mask.to(torch.bool)  # MPT's boolean mask is True where masked
-    context = _attend(query, key, value, key_bias, attention_mask, self.softmax_scale, active_slopes)
+    context = _attend(query, key, value, key_bias, attention_mask, self.softmax_scale, active_slopes())
     context = context.permute(0, 2, 1, 3).reshape(batch_size, seq_length, -1)
     return self.out_proj(context), None
 
 
-def falcon_attention_forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None,
-                             use_cache=False, output_attentions=False, position_embeddings=None, **kwargs):
-    """``FalconAttention.forward`` (ALiBi branch) with the blocked core; ``alibi`` is ``(batch*heads, 1, keys)``."""
-    from lmeval_ctx.extension.alibi.install import active_slopes
+def falcon_alibi(slopes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Falcon's ALiBi bias ``(batch, heads, keys)``, as its ``build_alibi_tensor`` forms it: the
+    slopes rounded to bfloat16 times each key's position, in bfloat16 (whatever the model's dtype).
 
-    if alibi is None:
-        raise ValueError("The ALiBi attention was installed on a Falcon model that uses RoPE (config.alibi=False).")
+    ``slopes``: ``(heads,)``; ``positions``: ``(batch or 1, keys)`` integer positions."""
+    return slopes[..., None].bfloat16() * positions[:, None, :]
+
+
+def _falcon_qkv(self, hidden_states):
+    """Falcon's fused projection split into queries ``(batch, heads, q, d)``, keys and values
+    ``(batch, kv_heads, q, d)``, in its three layouts (as transformers splits it)."""
+    batch, length, _ = hidden_states.shape
+    fused = self.query_key_value(hidden_states).view(batch, length, -1, self.head_dim)
+    if self.new_decoder_architecture:  # per key/value group: its queries, then its key and its value
+        grouped = fused.view(batch, length, self.num_kv_heads, -1, self.head_dim)
+        query, key, value = grouped[..., :-2, :].flatten(-3, -2), grouped[..., -2, :], grouped[..., -1, :]
+    elif self.multi_query:
+        query, key, value = fused.split([self.num_heads, 1, 1], dim=-2)
+    else:  # query, key and value interleaved per head
+        query, key, value = fused.unflatten(-2, (self.num_heads, 3)).unbind(-2)
+    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+
+def falcon_attention_forward(self, hidden_states, attention_mask=None, position_ids=None, layer_past=None,
+                             use_cache=False, output_attentions=False, position_embeddings=None, alibi=None,
+                             **kwargs):
+    """``FalconAttention.forward`` (ALiBi) with the blocked core.
+
+    The bias is formed here, per key, from the running call's slopes and the mask's positions
+    (:func:`falcon_alibi`, scaled by ``1/sqrt(head_dim)`` as Falcon's model scales it): during a
+    blocked call the model builds none (``alibi`` is None; see
+    :func:`lmeval_ctx.extension.alibi.install.falcon_slope_dispatcher`), so it folds none into a
+    dense mask. Before transformers 5.25 the model passed ``alibi`` to the attention; since, the
+    bias reaches the attention only through the mask."""
     _no_attention_weights(output_attentions)
-    num_kv_heads = self.num_heads if self.new_decoder_architecture else self.num_kv_heads
-    query, key, value = self._split_heads(self.query_key_value(hidden_states))
-    batch_size, query_length, _, _ = query.shape
-    query = query.transpose(1, 2).reshape(batch_size, self.num_heads, query_length, self.head_dim)
-    key = key.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
-    value = value.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+    if isinstance(attention_mask, torch.Tensor):
+        raise ValueError("Falcon's ALiBi positions come from a 2-D attention mask (as in transformers' Falcon, "
+                         "which cannot take a 4-D one either); pass a 2-D attention_mask.")
+    batch_size, query_length, _ = hidden_states.shape
+    query, key, value = _falcon_qkv(self, hidden_states)
     if layer_past is not None:
         key, value = layer_past.update(key, value, self.layer_idx)
-    if isinstance(attention_mask, torch.Tensor):
-        key_bias = None  # a dense 4-D mask: FalconModel has folded alibi / sqrt(head_dim) into it
-    else:
-        # as FalconModel folds it for SDPA: alibi / sqrt(head_dim), added to the scaled scores
-        key_bias = alibi.view(batch_size, self.num_heads, 1, -1) / math.sqrt(self.head_dim)
+    positions = (attention_mask.key_positions() if attention_mask is not None
+                 else torch.arange(key.shape[-2], device=key.device)[None])
+    slopes = active_slopes(bfloat16=True)
+    alibi = falcon_alibi(slopes.to(positions.device), positions).to(query.dtype)
+    key_bias = alibi[:, :, None, :] / math.sqrt(self.head_dim)
     context = _attend(query, key, value, key_bias, attention_mask, self.inv_norm_factor,
-                      lambda: active_slopes(bfloat16=True) * self.inv_norm_factor)
+                      slopes * self.inv_norm_factor)
     context = context.transpose(1, 2).reshape(batch_size, query_length, self.num_heads * self.head_dim)
     return self.dense(context), None

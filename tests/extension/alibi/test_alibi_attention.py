@@ -3,7 +3,7 @@
 Each comparison runs one tiny model twice: with ``attention="blocked"`` and with
 ``attention="transformers"`` (BLOOM, MPT: eager; Falcon-ALiBi: SDPA with the dense
 float mask, what ``from_pretrained`` loads), both with the same slopes from
-:mod:`lmeval_ctx.extension.alibi.install` (the slopes themselves are checked against
+:mod:`lmeval_ctx.extension.alibi.scaling` (the slopes themselves are checked against
 docs/methods.md in tests/model_wrappers/test_ctx_hf_logits.py). Blocks are made
 small here (64 query rows) so 300-token inputs span several of them.
 """
@@ -15,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lmeval_ctx.extension.alibi import attention as alibi_attention
-from lmeval_ctx.extension.alibi.install import AlibiScaling, install_alibi_scaling
+from lmeval_ctx.extension.alibi.install import install_alibi_scaling
+from lmeval_ctx.extension.alibi.scaling import AlibiScaling
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 
 TRAINED = 128  # the tiny models' trained length (BLOOM's config has none: passed as original_max_length)
@@ -99,6 +100,41 @@ def test_blocked_attention_equals_transformers(shared_pair, monkeypatch, arch, m
     if method != "none":
         unscaled, _ = shared_pair(arch, "none")
         assert (ours - logits(unscaled, ids, mask)).abs().max() > 1e-4, "the method changed nothing"
+
+
+def head_size(model) -> int:
+    return next(module.head_dim for module in model.modules() if hasattr(module, "head_dim"))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sdpa_runs_at_the_model_head_size(shared_pair, monkeypatch, arch):
+    """The bias reaches SDPA as an additive float mask per head, so queries, keys and values keep
+    the model's head size (a column added to carry the bias rules out SDPA's fused GPU kernels),
+    and the logits stay transformers'."""
+    blocked, reference = shared_pair(arch, "ntk")
+    ids = random_ids()
+    mask = masks(ids)["padded"]
+    expected = logits(reference, ids, mask)  # before recording: Falcon's reference calls SDPA too
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(query, key, value, *args, attn_mask=None, **kwargs):
+        calls.append((query.shape[-1], key.shape[-1], value.shape[-1], attn_mask.dtype, attn_mask.shape[1]))
+        return sdpa(query, key, value, *args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
+    ours = logits(blocked, ids, mask)
+    heads, size = alibi_attention_heads(blocked), head_size(blocked)
+    assert len(calls) == 2 * -(-LENGTH // alibi_attention.MAX_BLOCK_ROWS)  # 2 layers, one call per block
+    assert set(calls) == {(size, size, size, torch.float32, heads)}
+    torch.testing.assert_close(ours, expected, **TOL)
+
+
+def test_falcon_refuses_a_dense_4d_mask_by_name(shared_pair):
+    blocked, _ = shared_pair("falcon_alibi", "none")
+    dense = torch.zeros(1, 1, 8, 8).masked_fill(~torch.ones(8, 8, dtype=torch.bool).tril(), -1e30)
+    with pytest.raises(ValueError, match="pass a 2-D attention_mask"):
+        logits(blocked, random_ids(8, batch=1), dense)
 
 
 def test_a_dense_4d_mask_is_used_as_given(shared_pair):

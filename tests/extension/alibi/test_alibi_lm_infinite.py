@@ -5,7 +5,7 @@ LM-Infinite (Han et al. 2023, arXiv:2308.16137): key j is visible to query i iff
 ``-m_h * min(i - j, L)`` with the model's own slopes. The reference here is written from
 that definition alone: a dense ``batch x heads x queries x keys`` bias and mask, softmax,
 values; it replaces the blocked core inside the model's attention forward, so the two runs
-share the projections (tested against transformers in tests/test_alibi_attention.py) and
+share the projections (tested against transformers in test_alibi_attention.py) and
 differ in everything LM-Infinite adds: the mask, the ceiling, the positions under padding,
 the blocking and the keys left out of a block.
 
@@ -22,7 +22,8 @@ import torch
 import transformers
 
 from lmeval_ctx.extension.alibi import attention as alibi_attention
-from lmeval_ctx.extension.alibi.install import AlibiScaling, install_alibi_scaling
+from lmeval_ctx.extension.alibi.install import install_alibi_scaling
+from lmeval_ctx.extension.alibi.scaling import AlibiScaling
 from lmeval_ctx.extension.request import resolve_extension
 from lmeval_ctx.methods.alibi import alibi_slopes, mpt_alibi_slopes
 

@@ -1,0 +1,366 @@
+"""The attention computation of the attention-level methods and log-n scaling on RoPE models.
+
+:func:`method_attention` is a transformers attention function (installed on a model by
+:mod:`lmeval_ctx.extension.attention.patch`); transformers calls it with queries and keys
+already rotated at their true positions. Per layer that carries an :class:`AttentionSetting`:
+
+- log-n: queries at position ``i >= L`` (0-based) are multiplied by ``log(i+1)/log(L)``
+  (Qwen's ``use_logn_attn``);
+- an attention-level method (:mod:`lmeval_ctx.methods.attention`): since
+  ``R(a) R(b) = R(a + b)``, a pair given relative position ``A(i) - B(j)`` instead of
+  ``i - j`` is scored with the query re-rotated by ``A(i) - i`` and the key by ``B(j) - j``
+  (rotary dimensions only: GPT-NeoX's partial rotary leaves the rest as it is). A block of
+  queries at a time is attended, by one of two paths:
+
+  - split (CPU, :class:`_SplitKeys`): each run of consecutive keys that the block's pairs
+    score at true positions goes through torch's fused CPU attention kernel with the true
+    queries and keys, each run scored at moved positions with the moved ones, and the partial
+    results are merged by their log-sum-exp (:func:`split_attention`), as flash attention
+    merges its tiles: every pair is computed once, at the head width, and a run that every row
+    of the block takes whole (the keys long before the block, mostly) needs no mask at all;
+  - joined (elsewhere, and where that kernel is missing; :class:`_JoinedKeys`): one
+    ``scaled_dot_product_attention`` call per block, the queries joined as
+    ``[q_rot, q'_rot, q_pass]``, each key as its true copy ``[k_rot, 0, k_pass]`` (scoring
+    ``q . k``) or its moved copy ``[0, k'_rot, k_pass]`` (scoring ``q' . k'``), and a mask that
+    lets each pair use the copy the method's ``near`` says. Keys near for every row of the
+    block come once, true; keys far for every row once, moved; the band near for some rows
+    and far for others twice.
+
+  Both respect causality, padding and the method's ``visible``. Memory stays linear in the
+  length (a block's masks are bounded, SDPA's fused kernel works in tiles). The cache keeps
+  keys at their true positions; each call re-rotates copies.
+
+Inputs whose distances the method leaves unchanged (or, for DCA, which changes pairs by the
+chunks their absolute positions fall in, whose positions all lie in its first chunk), and
+layers with no setting, go through transformers' SDPA function with the same mask.
+Positions: a row's tokens have consecutive positions, as transformers assigns them (left
+padding included), so key ``k`` of a row is at ``position of its last query - (keys - 1 - k)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from lmeval_ctx.methods.attention import ATTENTION_METHOD_REGISTRY, assign_positions
+
+# The attribute of an attention module that holds its AttentionSetting (set by patch.install).
+SETTING_ATTRIBUTE = "lmeval_ctx_attention"
+# Queries per block: small enough that the causal triangle inside a block (which SDPA computes in
+# full, masked) is a small part of the work, large enough that so is gathering the block's keys;
+# fewer when the pairs of a block (its masks, rows x keys) would pass BLOCK_ELEMENTS, so memory
+# stays linear in the length.
+BLOCK_ROWS = 256
+BLOCK_ELEMENTS = 1 << 22
+# On CPU, attend a block's runs of keys separately and merge them (split_attention); False forces
+# the joined single-call path every other device takes (the tests run both).
+SPLIT_ON_CPU = True
+
+
+@dataclass(frozen=True)
+class AttentionSetting:
+    """What one model's attention function does; hung on each attention module it applies to."""
+
+    method: str | None  # an attention-level method, or None (log-n alone)
+    options: dict
+    original_length: int
+    logn: bool
+    inv_freq: torch.Tensor  # float64 inverse frequencies of the rotary dimensions
+    previous_implementation: str | None  # restored by patch.remove()
+
+    @property
+    def rotary_dim(self) -> int:
+        return 2 * self.inv_freq.numel()
+
+
+def logn_scale(positions: torch.Tensor, original_length: int) -> torch.Tensor:
+    """``log(i+1)/log(L)`` for 0-based positions ``i >= L``, 1 below (Qwen's ``use_logn_attn``)."""
+    count = positions.to(torch.float64) + 1
+    return torch.where(count > original_length, torch.log(count) / math.log(original_length),
+                       torch.ones_like(count))
+
+
+def rotate(x: torch.Tensor, offsets: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (batch, heads, n, head_dim) by ``offsets`` (batch, n) positions, in the
+    rotate-half layout on the first ``2 * len(inv_freq)`` dimensions (the rest pass through)."""
+    half = inv_freq.numel()
+    # float64: the angles of long offsets stay exact
+    angles = offsets.to(torch.float64)[:, None, :, None] * inv_freq.to(offsets.device)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:2 * half]
+    return torch.cat((first * cos - second * sin, second * cos + first * sin, x[..., 2 * half:]), dim=-1)
+
+
+def _sdpa(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _columns(pairs: torch.Tensor, every: bool = False) -> torch.Tensor:
+    """The keys (..., rows, keys) -> (keys,) for which any pair (every pair, if ``every``) is True."""
+    reduce = torch.all if every else torch.any
+    return reduce(reduce(pairs, dim=-2).flatten(0, -2), dim=0)
+
+
+def _runs(columns: torch.Tensor) -> list[tuple[int, int]]:
+    """The runs ``[a, b)`` of consecutive True in ``columns`` (keys,)."""
+    edges = torch.diff(columns.to(torch.int8), prepend=columns.new_zeros(1, dtype=torch.int8),
+                       append=columns.new_zeros(1, dtype=torch.int8))
+    return list(zip((edges == 1).nonzero()[:, 0].tolist(), (edges == -1).nonzero()[:, 0].tolist()))
+
+
+def cpu_kernel(device: torch.device):
+    """torch's fused CPU attention kernel, which also returns each row's log-sum-exp, on CPU where
+    torch has it and :data:`SPLIT_ON_CPU` is set; else None (the joined single-call path)."""
+    if not SPLIT_ON_CPU or device.type != "cpu":
+        return None
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def split_attention(kernel, parts, values, near, allowed, additive, scaling: float) -> torch.Tensor:
+    """One block's attention from runs of keys attended separately, merged by log-sum-exp.
+
+    ``parts``: for the true and the moved positions, ``(runs, queries, keys, is_near)``: the runs
+    ``[a, b)`` of keys, the block's queries (batch, heads, rows, d), every key (batch, heads, keys,
+    d), and whether these positions serve the block's ``near`` pairs (the true ones) or the others.
+    ``near`` (batch, 1, rows, seen), ``allowed`` (broadcastable bool, or None: all) and
+    ``additive`` (a float bias, or None) are the block's masks. Softmax over all runs = each run's
+    softmax weighted by ``exp(lse_run - lse_all)``."""
+    outputs, lses = [], []
+    for runs, block_queries, keys, is_near in parts:
+        for a, b in runs:
+            take = near[..., a:b] if is_near else ~near[..., a:b]  # only the run's columns, not the block's
+            if allowed is not None:
+                take = take & allowed[..., a:b]
+            if additive is None and bool(take.all()):
+                mask = None  # every row takes every key of the run: no mask to build or read
+            else:  # the lowest number, not -inf: a row with no key in this run gets weight 0, not NaN
+                bias = additive[..., a:b] if additive is not None else torch.zeros((), dtype=keys.dtype)
+                mask = torch.where(take, bias, torch.finfo(keys.dtype).min)
+            output, lse = kernel(block_queries, keys[:, :, a:b], values[:, :, a:b], 0.0, False,
+                                 attn_mask=mask, scale=scaling)
+            outputs.append(output)
+            lses.append(lse)
+    if len(outputs) == 1:
+        return outputs[0]
+    weights = torch.softmax(torch.stack(lses), dim=0)  # (runs, batch, heads, rows)
+    merged = outputs[0] * weights[0, ..., None]
+    for output, weight in zip(outputs[1:], weights[1:]):
+        merged.addcmul_(output, weight[..., None])
+    return merged
+
+
+# ----------------------------------------------------------------------------- a block of queries
+@dataclass
+class _Block:
+    """One block of queries ``rows`` (a slice) and the keys ``[0, seen)`` its pairs may use."""
+
+    rows: slice
+    query: torch.Tensor  # (batch, heads, rows, d): at the true positions
+    moved_query: torch.Tensor  # (batch, heads, rows, rotary_dim): the rotary part at the moved positions
+    near: torch.Tensor  # (batch, 1, rows, seen): the pair keeps its true position
+    allowed: torch.Tensor | None  # bool, broadcastable to near: the pair takes part (None: all)
+    additive: torch.Tensor | None  # a caller's float mask (every pair takes part, with its bias), or None
+    true_runs: list[tuple[int, int]]  # runs of keys some pair uses at the true positions
+    moved_runs: list[tuple[int, int]]  # ... and at the moved positions
+
+    @property
+    def columns(self) -> int:
+        return sum(b - a for a, b in self.true_runs + self.moved_runs)
+
+
+def _block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys: int, queries: int,
+                 work: torch.dtype, device: torch.device):
+    """``(allowed, additive)`` of a block from the model's mask and the method's ``visible``."""
+    additive = None
+    if attention_mask is None:  # causal: query q sits at key index keys - queries + q
+        allowed = (torch.arange(seen, device=device)[None, :]
+                   <= torch.arange(start, stop, device=device)[:, None] + keys - queries)[None, None]
+    elif attention_mask.dtype == torch.bool:
+        allowed = attention_mask[:, :, start:stop, :seen]
+    else:  # an additive mask: every pair takes part, with its bias
+        additive, allowed = attention_mask[:, :, start:stop, :seen].to(work), None
+    if visible is not None:
+        allowed = visible[:, None] if allowed is None else allowed & visible[:, None]
+    return allowed, additive
+
+
+def _blocks(setting: AttentionSetting, query: torch.Tensor, query_positions: torch.Tensor,
+            key_positions: torch.Tensor, attention_mask, rows: int) -> Iterator[_Block]:
+    """The blocks of ``rows`` queries, each with its pairs' assignment and the runs of keys it uses."""
+    batch, _, queries, _ = query.shape
+    keys = key_positions.shape[1]
+    # int32 positions: the per-pair tensors of the assignment take half the memory traffic
+    pair_query_positions, pair_key_positions = query_positions.to(torch.int32), key_positions.to(torch.int32)
+    for start in range(0, queries, rows):
+        stop = min(queries, start + rows)
+        seen = min(keys, stop + keys - queries)  # causal: later keys are hidden from every query of the block
+        assignment = assign_positions(setting.method, setting.options, setting.original_length,
+                                      pair_query_positions[:, start:stop, None], pair_key_positions[:, None, :seen])
+        moved_positions = assignment.query_position.expand(batch, stop - start, 1)[..., 0]
+        block_query = query[:, :, start:stop]
+        moved_query = rotate(block_query[..., :setting.rotary_dim], moved_positions - query_positions[:, start:stop],
+                             setting.inv_freq)
+        allowed, additive = _block_masks(attention_mask, assignment.visible, start, stop, seen, keys, queries,
+                                         query.dtype, query.device)
+        near = assignment.near[:, None].expand(batch, 1, stop - start, seen)  # (batch, 1, rows, seen)
+        # The copies some pair of the block may use: a key near for every row of the block needs its true
+        # copy only, one far for every row its moved copy only, the band in between both; a key hidden
+        # from every row neither. Taken as runs of consecutive keys (slices gather faster than an index).
+        if allowed is None or (attention_mask is None and assignment.visible is None):  # the last row sees all
+            used = torch.ones(seen, dtype=torch.bool, device=query.device)
+        else:
+            used = _columns(allowed)
+        yield _Block(slice(start, stop), block_query, moved_query, near, allowed, additive,
+                     _runs(_columns(near) & used), _runs(~_columns(near, every=True) & used))
+
+
+# ----------------------------------------------------------------------------- the two block paths
+def _per_query_head(x: torch.Tensor, groups: int) -> torch.Tensor:
+    return x.repeat_interleave(groups, 1) if groups > 1 else x
+
+
+class _SplitKeys:
+    """The split path (CPU): every key once at its true position and once moved, as many heads as
+    the queries (the kernel has no grouped-query mode): a block's runs are views into these,
+    nothing is gathered."""
+
+    def __init__(self, kernel, key, moved_keys, value, heads: int, rotary_dim: int, scaling: float):
+        groups = heads // key.shape[1]
+        self.kernel, self.scaling, self.value_dim = kernel, scaling, value.shape[-1]
+        self.true_keys = _per_query_head(key, groups)
+        self.moved_keys = _per_query_head(torch.cat((moved_keys, key[..., rotary_dim:]), dim=-1), groups)
+        self.values = _per_query_head(value, groups)
+        if self.value_dim != key.shape[-1]:  # the fused kernel wants the values as wide as the keys
+            self.values = torch.nn.functional.pad(self.values, (0, key.shape[-1] - self.value_dim))
+
+    def __call__(self, block: _Block) -> torch.Tensor:
+        rot = block.moved_query.shape[-1]
+        moved_query = torch.cat((block.moved_query, block.query[..., rot:]), dim=-1)
+        return split_attention(
+            self.kernel, ((block.true_runs, block.query, self.true_keys, True),
+                          (block.moved_runs, moved_query, self.moved_keys, False)),
+            self.values, block.near, block.allowed, block.additive, self.scaling)[..., :self.value_dim]
+
+
+class _JoinedKeys:
+    """The joined path: queries ``[q_rot, q'_rot, q_pass]`` score ``q . k`` against a key's true copy
+    ``[k_rot, 0, k_pass]`` and ``q' . k'`` against its moved copy ``[0, k'_rot, k_pass]`` (the
+    pass-through dimensions are the same in both): one product gives every pair the score its
+    kind asks for. Each block's key copies and values are gathered into buffers reused from block
+    to block (sized for every key once plus a band of both copies as wide as a block, grown if a
+    block needs more); values padded with zeros to the keys' width: torch's fused CPU kernel needs
+    equal widths (with narrower values SDPA falls back to materialising the scores)."""
+
+    def __init__(self, key, moved_keys, value, rotary_dim: int, scaling: float, block_rows: int):
+        batch, kv_heads, keys, _ = key.shape
+        zeros = key.new_zeros(batch, kv_heads, keys, rotary_dim)
+        self.true_copies = torch.cat((key[..., :rotary_dim], zeros, key[..., rotary_dim:]), dim=-1)
+        self.moved_copies = torch.cat((zeros, moved_keys, key[..., rotary_dim:]), dim=-1)
+        self.value, self.scaling = value, scaling
+        self.keys_buffer = self.values_buffer = key.new_empty(0, 0, 0, 0)
+        self.room = keys + block_rows
+
+    def _buffers(self, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys_buffer.shape[2] < columns:
+            batch, kv_heads, _, width = self.true_copies.shape
+            self.room = max(self.room, columns)
+            self.keys_buffer = self.true_copies.new_empty(batch, kv_heads, self.room, width)
+            self.values_buffer = self.true_copies.new_zeros(batch, kv_heads, self.room, width)
+        return self.keys_buffer[:, :, :columns], self.values_buffer[:, :, :columns]
+
+    def __call__(self, block: _Block) -> torch.Tensor:
+        rot, value_dim = block.moved_query.shape[-1], self.value.shape[-1]
+        joined_query = torch.cat((block.query[..., :rot], block.moved_query, block.query[..., rot:]), dim=-1)
+        near, allowed, columns = block.near, block.allowed, block.columns
+        # which copy each pair uses: (batch, 1 or heads, rows, columns)
+        mask = torch.empty(torch.broadcast_shapes(near.shape, () if allowed is None else allowed.shape)[:-1]
+                           + (columns,), dtype=torch.bool, device=near.device)
+        keys_block, values_block = self._buffers(columns)
+        at = 0
+        for runs, copies, kind in ((block.true_runs, self.true_copies, True),
+                                   (block.moved_runs, self.moved_copies, False)):
+            for a, b in runs:
+                piece = slice(at, at + b - a)
+                keys_block[:, :, piece] = copies[:, :, a:b]
+                values_block[:, :, piece, :value_dim] = self.value[:, :, a:b]
+                pairs = near[..., a:b] if kind else ~near[..., a:b]
+                if allowed is None:
+                    mask[..., piece] = pairs
+                else:
+                    torch.logical_and(pairs, allowed[..., a:b], out=mask[..., piece])
+                at += b - a
+        # additive, with the lowest number rather than -inf for the pairs left out: a padding row that
+        # has no key left stays finite (its values would reach the real rows as 0 * NaN otherwise)
+        work = self.value.dtype
+        bias = (torch.zeros((), dtype=work, device=near.device) if block.additive is None
+                else torch.cat([block.additive[..., a:b] for a, b in block.true_runs + block.moved_runs], dim=-1))
+        mask = torch.where(mask, bias, torch.finfo(work).min)
+        return torch.nn.functional.scaled_dot_product_attention(
+            joined_query, keys_block, values_block, attn_mask=mask, scale=self.scaling,
+            enable_gqa=joined_query.shape[1] != keys_block.shape[1])[..., :value_dim]
+
+
+# ----------------------------------------------------------------------------- the attention function
+def _moved_attention(setting: AttentionSetting, query, key, value, attention_mask, query_positions,
+                     scaling: float) -> torch.Tensor:
+    """The method's attention, a block of queries at a time: ``(batch, heads, queries, value_dim)``
+    in the work dtype (float32 for half-precision inputs)."""
+    batch, heads, queries, _ = query.shape
+    keys, rot = key.shape[2], setting.rotary_dim
+    work = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    query, key, value = query.to(work), key.to(work), value.to(work)
+    # the row's last query is its key at index keys - 1; its keys have consecutive positions
+    key_positions = torch.arange(keys, device=query.device)[None, :] + (query_positions[:, -1:] - (keys - 1))
+    # B(j) depends on the key alone: the keys are re-rotated once per call, not once per block
+    key_offsets = (assign_positions(setting.method, setting.options, setting.original_length,
+                                    query_positions[:, :1, None], key_positions[:, None, :])
+                   .key_position.expand(batch, 1, keys)[:, 0] - key_positions)
+    moved_keys = rotate(key[..., :rot], key_offsets, setting.inv_freq)
+    rows = max(1, min(queries, BLOCK_ROWS, BLOCK_ELEMENTS // max(1, batch * keys)))
+    kernel = cpu_kernel(query.device)
+    attend = (_SplitKeys(kernel, key, moved_keys, value, heads, rot, scaling) if kernel is not None
+              else _JoinedKeys(key, moved_keys, value, rot, scaling, rows))
+    del moved_keys  # held by attend in the form its path needs
+    output = torch.empty(batch, heads, queries, value.shape[-1], dtype=work, device=query.device)
+    for block in _blocks(setting, query, query_positions, key_positions, attention_mask, rows):
+        output[:, :, block.rows] = attend(block) if block.columns else 0  # 0: padding rows only, no key
+    return output
+
+
+def _unchanged(setting: AttentionSetting, keys: int, query_positions: torch.Tensor) -> bool:
+    """The method leaves every pair of this call as it is (or there is no method: log-n alone)."""
+    method = ATTENTION_METHOD_REGISTRY.get(setting.method) if setting.method else None
+    if method is None or keys - 1 <= method.unchanged_up_to(setting.options, setting.original_length):
+        return True
+    # a real key's position is in [0, its query's]
+    return (method.unchanged_below is not None
+            and int(query_positions.max()) < method.unchanged_below(setting.options, setting.original_length))
+
+
+def method_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs):
+    """transformers attention function (see the module docstring); returns ``(output, None)``."""
+    setting: AttentionSetting | None = getattr(module, SETTING_ATTRIBUTE, None)
+    if setting is None:
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        raise ValueError(f"{type(module).__name__} was called without position_ids; the attention-level methods "
+                         "need the query positions transformers passes to the attention function.")
+    query_positions = position_ids.to(query.device).expand(query.shape[0], query.shape[2])
+    if setting.logn:
+        query = query * logn_scale(query_positions, setting.original_length)[:, None, :, None].to(query.dtype)
+    if _unchanged(setting, key.shape[2], query_positions):
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if dropout:
+        raise ValueError("the attention-level methods are for evaluation; this model is in training mode with dropout.")
+    if not getattr(module, "is_causal", True):
+        raise ValueError(f"{type(module).__name__} is not causal; the attention-level methods are for decoders.")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    output = _moved_attention(setting, query, key, value, attention_mask, query_positions, scaling)
+    return output.to(query.dtype).transpose(1, 2).contiguous(), None
