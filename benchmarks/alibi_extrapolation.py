@@ -418,8 +418,9 @@ def evaluate(args, log=print) -> dict:
               "--log_samples", "--batch_size", str(args.eval_batch_size), "--device", args.device, "--output_path", str(run_dir / "sweep")]
     started = time.perf_counter()
     run_cli(cli + ["sweep", "--methods", "none," + ",".join(METHODS_WITH_FACTOR), "--factor", factors] + common, log)
-    # dynamic NTK-ALiBi takes its scale from each input's length (factor unused): one point
-    run_cli(cli + ["sweep", "--methods", "dynamic_ntk", "--factor", f"{max(args.factors):g}"] + common, log)
+    # dynamic NTK-ALiBi takes its scale from each input's length and no factor: one point, its window
+    # the max_length of the model args
+    run_cli(cli + ["sweep", "--methods", "dynamic_ntk"] + common, log)
     sweep_seconds = time.perf_counter() - started
     started = time.perf_counter()
     report_dir = run_dir / "report"

@@ -1,9 +1,9 @@
 """``ctx-hf``: lm-eval's HFLM with a context-extension method applied before scoring.
 
-RoPE methods (PI, NTK-aware, dynamic NTK, YaRN) are written into the config
-before transformers builds the model; ALiBi methods (interpolation, NTK-ALiBi,
-dynamic NTK-ALiBi) are installed on the built BLOOM, MPT or Falcon model. Then
-lm-eval batches and scores exactly as with ``--model hf``, except that
+The method (``lmeval_ctx.methods.catalog``) is written into the config before transformers
+builds the model (RoPE), or installed on the built model (ALiBi slopes on BLOOM, MPT or Falcon;
+the attention-level methods' attention), by ``lmeval_ctx.extension.lifecycle``. Then lm-eval
+batches and scores exactly as with ``--model hf``, except that
 
 - a request longer than the window is an error instead of being cut from the left;
 - loglikelihood requests whose tokens are a prefix of another request's tokens
@@ -20,6 +20,7 @@ lm-eval batches and scores exactly as with ``--model hf``, except that
 from __future__ import annotations
 
 import inspect
+import re
 
 import torch
 from lm_eval.api.registry import register_model
@@ -28,12 +29,13 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
-from lmeval_ctx.scoring import logprobs as scoring
-
 from lmeval_ctx.common.args import parse_bool, reject_misspelt_keys
-from lmeval_ctx.extension.request import ContextExtension
-from lmeval_ctx.extension.lifecycle import EXTENSION_ARGS, ExtensionState, attach, extend, full_request, reapplication_request
 from lmeval_ctx.common.logs import plugin_logger
+from lmeval_ctx.extension.lifecycle import ExtensionRequest, ExtensionState, attach, extend, reapplication_request
+from lmeval_ctx.extension.request import EXTENSION_ARGS, ContextExtension
+from lmeval_ctx.extension.window import lm_eval_window
+from lmeval_ctx.methods.catalog import METHODS, method_help
+from lmeval_ctx.scoring import logprobs as scoring
 from lmeval_ctx.scoring.prefix_sharing import plan_shared_prefixes
 from lmeval_ctx.scoring.response_cache import install as install_response_cache_keys
 from lmeval_ctx.scoring.response_cache import settings_digest
@@ -42,84 +44,72 @@ eval_logger = plugin_logger(__name__)  # under lm-eval's logger: the settings li
 install_response_cache_keys()
 
 
-# Names close to ctx-hf's own arguments that are legitimately passed through to HFLM or to
-# transformers' from_pretrained (a config override), never reported as misspellings.
+# Names close to ctx-hf's own that are lm-eval's or transformers' (HFLM hands what it does not take to
+# from_pretrained), never reported as misspellings of ours; config fields among them are refused as such.
 PASSED_THROUGH_ARGS = ("layer_types", "rope_scaling", "rope_parameters", "sliding_window",
                        "attn_implementation", "device_map", "low_cpu_mem_usage", "quantization_config",
                        "torch_dtype", "cache_dir", "local_files_only", "token", "variant", "use_safetensors")
+# transformers' words for a keyword argument the model's constructor does not take
+UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 @register_model("ctx-hf")
 class CtxHFLM(HFLM):
-    """HFLM plus ``scaling``, ``factor``, ``original_max_length`` and YaRN's options.
+    """HFLM plus a context-extension method and its settings.
 
     Args (beyond HFLM's):
-        scaling: none, pi (alias linear), ntk (alias ntk_alibi on ALiBi models),
-            dynamic_ntk (alias dynamic); RoPE only: yarn, llama3, ntk_by_parts, and the
-            attention-level methods rerope, leaky_rerope, self_extend, lm_infinite
-            (see docs/attention_methods.md).
-        factor: L'/L >= 1. Omitted with a method: ``max_length / original_max_length``.
+        scaling: the method: {methods}.
+        factor: L'/L >= 1. Omitted with a method: ``max_length / original_max_length``
+            (dynamic NTK-ALiBi takes none: its scale is each input's length over the trained one).
         original_max_length: the trained context; read from the config when it has one.
-        beta_fast, beta_slow, attention_factor: YaRN's parameters (transformers' defaults otherwise);
-            ntk_by_parts takes beta_fast and beta_slow.
-        low_freq_factor, high_freq_factor: llama3's (defaults 1 and 4, Llama 3.1's).
+        the methods' own options: {options}.
         rope_theta: a RoPE base override, applied before any method (also with scaling=none).
         logn: true scales queries beyond the trained length by log_L(position) (any RoPE method).
-        window, leak, group_size, neighbor_window, global_tokens, local_window, chunk_size: the
-            attention-level methods' options (rerope: window; leaky_rerope: window, leak;
-            self_extend: group_size, neighbor_window; lm_infinite: global_tokens, local_window;
-            dual_chunk: chunk_size, local_window).
         replace_rope_scaling: allow replacing a RoPE scaling the checkpoint already ships
             (true/false/yes/no/1/0).
         scale_layer_types: on models with per-layer-type RoPE (Gemma 2/3 style ``layer_types``),
             the layer types the method scales: ``all`` or types joined by ``+`` (e.g.
             ``full_attention``). By default the types whose attention reaches beyond the trained
-            context (see ``lmeval_ctx.extension.request.layer_types_to_scale``); the others keep their RoPE.
+            context (``lmeval_ctx.extension.layers``); the others keep their RoPE.
         alibi_attention: ALiBi models' attention: ``auto`` (default; a block of queries at a
             time, in memory linear in the length, or flash-attn's ALiBi kernel on CUDA when
             installed), ``blocked``, or ``transformers`` (its own, ``heads x length^2``).
             See docs/alibi_attention.md.
-        max_length (HFLM's): the window; defaults to ``original_max_length * factor`` with a method.
+        max_length (HFLM's): the window; defaults to ``original_max_length * factor`` with a method
+            (``lmeval_ctx.extension.window``).
         truncation (HFLM's): true lets lm-eval cut over-long requests from the left; by
             default such a request is an error.
 
-    A key close to one of these names but not one of HFLM's or transformers' own arguments
-    (``factr``, ``scalng``) is an error naming the intended key.
+    Methods and options come from ``lmeval_ctx.methods.catalog`` (docs/methods.md). A key close to
+    one of these names but not HFLM's or transformers' own (``factr``) is an error naming the intended
+    key; a key that neither HFLM nor transformers' ``from_pretrained`` takes is an error naming it.
     """
 
     # ctx-hf's own arguments, beyond those HFLM takes: the context extension's (resolve_extension's
-    # keywords and the methods' options, lmeval_ctx.extension.lifecycle.EXTENSION_ARGS) and these
+    # keywords and the methods' options, lmeval_ctx.extension.request.EXTENSION_ARGS) and these
     CONTEXT_ARGS = (*EXTENSION_ARGS, "alibi_attention", "truncation")
 
-    def __init__(
-        self,
-        pretrained,
-        alibi_attention: str | None = None,
-        max_length: int | None = None,
-        truncation: bool | str | None = False,
-        **kwargs,
-    ) -> None:
+    def __init__(self, pretrained, alibi_attention: str | None = None, max_length: int | None = None,
+                 truncation: bool | str | None = False, **kwargs) -> None:
         reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
                              accepted=(*inspect.signature(HFLM.__init__).parameters, *PASSED_THROUGH_ARGS))
-        # the extension's arguments (scaling, factor, the methods' options, ...); the rest is HFLM's
-        request = full_request({"scaling": "none", **{name: kwargs.pop(name) for name in EXTENSION_ARGS
-                                                      if name in kwargs}, "max_length": max_length})
-        request["replace_rope_scaling"] = parse_bool(request["replace_rope_scaling"] or False, "replace_rope_scaling")
         truncation = False if truncation is None else parse_bool(truncation, "truncation")
-        built = not isinstance(pretrained, str)
-        # The extension's state, the one field for it: for a checkpoint, written into the config by
-        # _get_config before the model is built; for a built model, applied below (resolved once).
-        self._ctx: ExtensionState | None = None
-        if built:
-            super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
-            self._ctx = extend(self._model.config, request, model=self._model, default_window=self._lm_eval_window,
-                               alibi_options={"attention": alibi_attention})
+        # 1. What was asked, read before anything loads: the extension's arguments leave kwargs (the
+        #    rest is HFLM's). For a checkpoint, HFLM's _get_config hook writes it into the config
+        #    before the model is built from it.
+        self._request = ExtensionRequest.from_model_args(
+            {name: kwargs.pop(name) for name in EXTENSION_ARGS if name in kwargs},
+            max_length=max_length, alibi_attention=alibi_attention)
+        self._extension: ExtensionState | None = None  # what runs: written by _get_config, attached below
+        super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
+        # 2. The built model: the tokenizer's own limit kept (the window may raise it), then the
+        #    extension finished on the model, or (an already built model: HFLM read no config) resolved now.
+        self._tokenizer_max_length = self.tokenizer.model_max_length
+        if self._extension is not None:
+            self._extension = attach(self._extension, self._model, default_window=self._lm_eval_window)
         else:
-            self._ctx_request = request  # read by _get_config during HFLM's set-up
-            self._ctx_alibi_options = {"attention": alibi_attention}
-            super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
-            del self._ctx_request, self._ctx_alibi_options
-            self._ctx = attach(self._ctx, self._model, default_window=self._lm_eval_window)
+            self._extension = extend(self._model.config, self._request.arguments, model=self._model,
+                                     default_window=self._lm_eval_window, alibi_options=self._request.alibi_options)
         self._shard_across_cpu_processes()
         self._use_extension_window()
 
@@ -149,46 +139,69 @@ class CtxHFLM(HFLM):
         :func:`lmeval_ctx.extension.lifecycle.extend`. Returns the record. A bad request raises
         ValueError and leaves the model as it was.
         """
-        self._ctx = extend(self._model.config, reapplication_request(self._ctx, scaling, request),
-                           model=self._model, previous=self._ctx, default_window=self._lm_eval_window)
+        self._extension = extend(self._model.config, reapplication_request(self._extension, scaling, request),
+                                 model=self._model, previous=self._extension, default_window=self._lm_eval_window)
         self._use_extension_window()
         return self.context_extension_record
 
     def _lm_eval_window(self) -> int:
         """The window lm-eval uses for this model when neither max_length nor a method sets one."""
-        saved, self._max_length = self._max_length, None
-        try:
-            return self.max_length
-        finally:
-            self._max_length = saved
+        return lm_eval_window(self._model.config, self._tokenizer_max_length)
 
     def _use_extension_window(self) -> None:
-        """Evaluate with the method's window and log what runs."""
-        window = self._ctx.extension.max_length
-        self._max_length = window if window is not None else self._ctx.created_request["max_length"]
+        """Evaluate with the extension's window, let the tokenizer know it, and log what runs.
+
+        transformers warns that a text longer than the tokenizer's ``model_max_length`` "will
+        result in indexing errors", which would read as if the method were not applied; ctx-hf
+        refuses any request longer than its window itself, so the tokenizer's limit is the window
+        (its own where that is longer).
+        """
+        self._max_length = self._extension.window
+        self.tokenizer.model_max_length = max(self._tokenizer_max_length, self._max_length)
         eval_logger.info("lmeval-ctx context extension: %s", self.context_extension_record)
 
     # -- model construction ---------------------------------------------------------------
     def _get_config(self, pretrained, **kwargs) -> None:
         super()._get_config(pretrained, **kwargs)
         # Resolved and written before transformers builds the model from this config.
-        self._ctx = extend(self._config, self._ctx_request, alibi_options=self._ctx_alibi_options)
+        self._extension = extend(self._config, self._request.arguments, alibi_options=self._request.alibi_options)
 
     def _create_model(self, *args, **kwargs) -> None:
         # Build from our edited config; for GGUF checkpoints too, where transformers
         # would otherwise re-read the unscaled config from the file.
         kwargs.setdefault("config", self._config)
-        super()._create_model(*args, **kwargs)
+        try:
+            super()._create_model(*args, **kwargs)
+        except TypeError as error:
+            # what HFLM does not take goes to from_pretrained, which hands what it does not take to
+            # the model's constructor: a TypeError there names an argument nobody takes
+            passed = set(kwargs) - set(inspect.signature(HFLM._create_model).parameters) - {"config"}
+            unknown = UNEXPECTED_KEYWORD.search(str(error))
+            if unknown is None or unknown.group(1) not in passed:
+                raise
+            raise self._unknown_argument(unknown.group(1), kwargs[unknown.group(1)]) from error
+
+    def _unknown_argument(self, key: str, value) -> ValueError:
+        hf = [name for name in inspect.signature(HFLM.__init__).parameters if name not in ("self", "kwargs")]
+        config_field = "" if not hasattr(self._config, key) else (
+            " It is a field of the model's config, which ctx-hf builds the model from after writing the method "
+            "into it: config fields cannot be set through model_args here.")
+        return ValueError(
+            f"Unknown ctx-hf model_args key {key!r} ({key}={value!r}): ctx-hf does not take it, nor does lm-eval's "
+            f"HF model, nor transformers' from_pretrained (the model's constructor refused it).{config_field} "
+            f"Remove it or fix its name. ctx-hf takes {', '.join(self.CONTEXT_ARGS)}; lm-eval's HF model takes "
+            f"{', '.join(hf)}; from_pretrained takes its own (device_map, attn_implementation, ...)."
+        )
 
     @property
     def context_extension(self) -> ContextExtension:
         """The validated extension this model runs with."""
-        return self._ctx.extension
+        return self._extension.extension
 
     @property
     def context_extension_record(self) -> dict:
         """What runs, as recorded in lm-eval's results (``config.context_extension``) and the log."""
-        return self._ctx.record
+        return self._extension.record
 
     @property
     def response_cache_key(self) -> str:
@@ -427,5 +440,9 @@ class CtxHFLM(HFLM):
                                                            self.logits_slice)
         return logprobs[0].cpu(), greedy[0].cpu()
 
+
+if CtxHFLM.__doc__:  # (None under python -OO) the method table's names and options, never a stale copy
+    CtxHFLM.__doc__ = CtxHFLM.__doc__.format(methods=method_help(), options="; ".join(
+        f"{name}: {', '.join(m.options)}" for name, m in METHODS.items() if m.options))
 
 __all__ = ["CtxHFLM"]

@@ -5,7 +5,8 @@
         --tasks passkey_8k
 
 Same argument names, validation and recorded settings as ``ctx-hf`` (the same
-life cycle, :func:`lmeval_ctx.extension.lifecycle.extend`, on a copy of the config); the method
+life cycle, :func:`lmeval_ctx.extension.lifecycle.extend`, on the checkpoint's config,
+:func:`lmeval_ctx.common.checkpoint.load_config`, a GGUF file's own with ``gguf_file``); the method
 reaches vLLM as ``hf_overrides={"rope_parameters": ...}`` and ``max_model_len``
 (:mod:`lmeval_ctx.extension.vllm`). vLLM is imported only when a model is created.
 """
@@ -19,6 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from lmeval_ctx.common.args import parse_bool
+from lmeval_ctx.common.checkpoint import load_config
 from lmeval_ctx.scoring.response_cache import install as install_response_cache_keys
 from lmeval_ctx.scoring.response_cache import settings_digest, vllm_response_settings
 from lmeval_ctx.extension.vllm import EXTENSION_ARGS, vllm_engine_args
@@ -61,14 +63,12 @@ class CtxVLLM(LM):
     def __new__(cls, pretrained: str, max_model_len: int | None = None, max_length: int | None = None,
                 hf_overrides: dict | None = None, revision: str | None = None, trust_remote_code: bool = False,
                 **kwargs):
-        from transformers import AutoConfig
-
         if max_model_len is not None and max_length is not None:
             raise ValueError("Pass max_model_len or max_length, not both (they are the same window).")
         request = {key: kwargs.pop(key) for key in EXTENSION_ARGS if key in kwargs}
         trust_remote_code = parse_bool(trust_remote_code, "trust_remote_code")
-        config = AutoConfig.from_pretrained(pretrained, revision=revision or "main",
-                                            trust_remote_code=trust_remote_code)
+        config = load_config({"pretrained": pretrained, "revision": revision, "trust_remote_code": trust_remote_code,
+                              "gguf_file": kwargs.get("gguf_file"), "subfolder": kwargs.get("subfolder")})
         ext, engine = vllm_engine_args(config, max_model_len=max_model_len or max_length,
                                        hf_overrides=hf_overrides, **request)
         record = ext.record({"vllm_engine_args": engine})

@@ -8,13 +8,15 @@
    (:mod:`lmeval_ctx.extension.rope.rotary`) or **install** the ALiBi slopes (:mod:`lmeval_ctx.extension.alibi.install`),
    and install or remove the attention function of attention-level methods and log-n scaling
    (:mod:`lmeval_ctx.extension.attention.patch`);
-4. **record** what runs, for the log and lm-eval's results.
+4. **record** what runs, with the window it is evaluated with (:mod:`lmeval_ctx.extension.window`),
+   for the log and lm-eval's results.
 
 :func:`extend` runs the whole cycle. Its users:
 
-- ``ctx-hf`` loading a checkpoint: ``extend(config, request)`` before transformers builds
-  the model from the written config (which then computes its rotary frequencies itself),
-  and :func:`attach` on the built model for steps 3 and 4;
+- ``ctx-hf`` loading a checkpoint: its model args become an :class:`ExtensionRequest` before
+  anything loads; ``extend(config, request.arguments)`` runs when lm-eval has read the config,
+  before transformers builds the model from the written config (which then computes its rotary
+  frequencies itself), and :func:`attach` on the built model for steps 3 and 4;
 - ``ctx-hf`` given a built model, and re-application (``CtxHFLM.apply_extension``, the
   sweep's one load): ``extend(config, request, model=model, previous=state)``;
 - ``ctx-vllm``: ``extend`` on a copy of the config, translated into engine arguments.
@@ -23,27 +25,37 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from lmeval_ctx.extension.request import (
-    ContextExtension,
-    apply_to_config,
-    resolve_extension,
-    restore_extension_fields,
-    snapshot_extension_fields,
-)
-from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS
-from lmeval_ctx.methods.catalog import METHOD_OPTION_NAMES, MODIFIER_OPTIONS
+from lmeval_ctx.common.args import parse_bool
+from lmeval_ctx.common.checkpoint import text_config
+from lmeval_ctx.extension.request import EXTENSION_ARGS, ContextExtension, apply_to_config, resolve_extension
+from lmeval_ctx.extension.window import evaluation_window
+from lmeval_ctx.methods.catalog import ALIBI_ATTENTION_METHODS, METHOD_OWN_OPTIONS
 
-# The request's arguments, ctx-hf's and ctx-vllm's names for them: resolve_extension's keywords
-# and the methods' options (extension.METHOD_OPTION_NAMES, read from the option tables).
-EXTENSION_ARGS = tuple(name for name, parameter in inspect.signature(resolve_extension).parameters.items()
-                       if parameter.kind is parameter.KEYWORD_ONLY) + METHOD_OPTION_NAMES
 # The method's own arguments: a re-application does not carry them over from the previous method
 # (the modifiers rope_theta and logn, which combine with every method, are carried over).
-METHOD_ARGS = ("factor", *(name for name in METHOD_OPTION_NAMES if name not in MODIFIER_OPTIONS))
+METHOD_ARGS = ("factor", *sorted(METHOD_OWN_OPTIONS))
+# The config fields apply_to_config may change (RoPE's, dynamic NTK's original length, MPT's window).
+EXTENSION_FIELDS = ("rope_parameters", "max_position_embeddings", "max_seq_len")
+
+
+@dataclass(frozen=True)
+class ExtensionRequest:
+    """What ``ctx-hf`` was asked for, read from its model args before anything loads."""
+
+    arguments: dict  # every name of EXTENSION_ARGS (None where not given), as resolve_extension takes them
+    alibi_options: dict  # ALiBi models' attention ({"attention": ...}), passed to install_alibi_scaling
+
+    @classmethod
+    def from_model_args(cls, extension_args: dict, *, max_length=None, alibi_attention=None) -> "ExtensionRequest":
+        """``extension_args``: the model args named in EXTENSION_ARGS. Flags are parsed here, so a
+        misspelt one fails before the weights load."""
+        arguments = full_request({"scaling": "none", **extension_args, "max_length": max_length})
+        arguments["replace_rope_scaling"] = parse_bool(arguments["replace_rope_scaling"] or False,
+                                                       "replace_rope_scaling")
+        return cls(arguments, {"attention": alibi_attention})
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class ExtensionState:
     applied: dict = field(default_factory=dict)  # what was written into the config or installed
     record: dict | None = None  # the JSON record; set once the model is attached
     alibi_options: dict = field(default_factory=dict)  # passed through to install_alibi_scaling
+    window: int | None = None  # the evaluation window (lmeval_ctx.extension.window); set once attached
 
 
 def full_request(request: dict) -> dict:
@@ -74,6 +87,34 @@ def reapplication_request(previous: ExtensionState, scaling, changes: dict) -> d
     return full_request({**previous.created_request, **dict.fromkeys(METHOD_ARGS), **changes, "scaling": scaling})
 
 
+def snapshot_extension_fields(config) -> dict:
+    """The config's own values of the fields a method changes, to restore before applying another."""
+    cfg = text_config(config)
+    return {name: copy.deepcopy(getattr(cfg, name)) for name in EXTENSION_FIELDS if hasattr(cfg, name)}
+
+
+def restore_extension_fields(config, snapshot: dict) -> None:
+    cfg = text_config(config)
+    for name, value in snapshot.items():
+        setattr(cfg, name, copy.deepcopy(value))
+
+
+def check_alibi_options(extension: ContextExtension, alibi_options: dict) -> None:
+    """``alibi_attention`` applies to ALiBi models, and lm_infinite needs ctx-hf's own ALiBi attention."""
+    attention = alibi_options.get("attention")
+    if attention is not None and extension.family != "alibi":
+        raise ValueError(
+            f"alibi_attention={attention!r} only applies to ALiBi models (BLOOM, MPT, "
+            f"Falcon with alibi=True); this {extension.model_type} model uses {extension.family} positions. "
+            "Remove alibi_attention."
+        )
+    if extension.family == "alibi" and extension.method in ALIBI_ATTENTION_METHODS and attention == "transformers":
+        raise ValueError(
+            f"scaling={extension.method} masks keys and caps distances inside ctx-hf's ALiBi attention; "
+            "alibi_attention='transformers' keeps transformers' own attention, which cannot. "
+            "Use alibi_attention=auto (or blocked), or another scaling.")
+
+
 def extend(config, request: dict, *, model=None, previous: ExtensionState | None = None,
            default_window: int | Callable[[], int] | None = None, alibi_options: dict | None = None
            ) -> ExtensionState:
@@ -86,29 +127,17 @@ def extend(config, request: dict, *, model=None, previous: ExtensionState | None
     Raises ValueError, leaving config and model as they were, for a bad request.
     """
     request = full_request(request)
+    if alibi_options is None:
+        alibi_options = previous.alibi_options if previous is not None else {}
     shipped = previous.shipped if previous is not None else snapshot_extension_fields(config)
     probe = copy.deepcopy(config)
     restore_extension_fields(probe, shipped)
     extension = resolve_extension(probe, **request)
-    if (alibi_options or {}).get("attention") is not None and extension.family != "alibi":
-        raise ValueError(
-            f"alibi_attention={alibi_options['attention']!r} only applies to ALiBi models (BLOOM, MPT, "
-            f"Falcon with alibi=True); this {extension.model_type} model uses {extension.family} positions. "
-            "Remove alibi_attention."
-        )
-    if (extension.family == "alibi" and extension.method in ALIBI_ATTENTION_METHODS
-            and (alibi_options or {}).get("attention") == "transformers"):
-        raise ValueError(
-            f"scaling={extension.method} masks keys and caps distances inside ctx-hf's ALiBi attention; "
-            "alibi_attention='transformers' keeps transformers' own attention, which cannot. "
-            "Use alibi_attention=auto (or blocked), or another scaling.")
+    check_alibi_options(extension, alibi_options)
     restore_extension_fields(config, shipped)
     applied = apply_to_config(config, extension)
-    state = ExtensionState(
-        extension, request, previous.created_request if previous is not None else request, shipped, applied,
-        alibi_options=dict(alibi_options if alibi_options is not None
-                           else (previous.alibi_options if previous is not None else {})),
-    )
+    state = ExtensionState(extension, request, previous.created_request if previous is not None else request,
+                           shipped, applied, alibi_options=dict(alibi_options))
     if model is None:
         return state
     return attach(state, model, default_window=default_window, rebuild_rotary=True)
@@ -131,17 +160,14 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
         applied.update(attention_patch.install(model, ext))
     elif attention_patch.installed(model):
         attention_patch.remove(model)
-    window = ext.max_length
-    if window is None:
-        window = default_window() if callable(default_window) else default_window
+    window = evaluation_window(ext, default_window)
     if ext.family == "alibi":
         # every ALiBi model, scaling=none included: the attention path (memory linear in the
         # length) is installed with the slopes
-        install_alibi_scaling(model, AlibiScaling.from_extension(ext),
-                              **state.alibi_options)
+        install_alibi_scaling(model, AlibiScaling.from_extension(ext), **state.alibi_options)
         applied["alibi_attention"] = state.alibi_options.get("attention") or "auto"
         if ext.method != "none":
             applied["alibi_slopes"] = slopes_in_use(model, window)
         if ext.length_dependent:
             applied["alibi_slopes_note"] = "at the full window; recomputed from each input's length"
-    return replace(state, applied=applied, record=ext.record({**applied, "max_length": window}))
+    return replace(state, applied=applied, window=window, record=ext.record({**applied, "max_length": window}))

@@ -25,10 +25,11 @@ from __future__ import annotations
 import copy
 import math
 
-from lmeval_ctx.extension.request import ContextExtension, text_config
-from lmeval_ctx.extension.lifecycle import EXTENSION_ARGS as LIFECYCLE_ARGS
+from lmeval_ctx.common.checkpoint import text_config
 from lmeval_ctx.extension.lifecycle import extend
-from lmeval_ctx.methods import ATTENTION_METHODS
+from lmeval_ctx.extension.request import EXTENSION_ARGS as CTX_HF_EXTENSION_ARGS
+from lmeval_ctx.extension.request import ContextExtension
+from lmeval_ctx.methods.catalog import ATTENTION_METHODS
 
 
 def vllm_yarn_parameters(params: dict) -> dict:
@@ -51,7 +52,7 @@ def vllm_yarn_parameters(params: dict) -> dict:
 
 
 # ctx-hf's extension arguments ctx-vllm takes; the window is vLLM's max_model_len.
-EXTENSION_ARGS = tuple(name for name in LIFECYCLE_ARGS if name != "max_length")
+EXTENSION_ARGS = tuple(name for name in CTX_HF_EXTENSION_ARGS if name != "max_length")
 
 
 def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dict | None = None,

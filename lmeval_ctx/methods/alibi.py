@@ -12,7 +12,8 @@ changes the slopes ``m_h`` (formulas in docs/methods.md):
   https://zhuanlan.zhihu.com/p/632780188, as summarised in the CSDN post
   "LLM 位置编码及外推" (LLM position encoding and extrapolation);
 - dynamic NTK-ALiBi (``dynamic_ntk``, this project's definition): NTK-ALiBi with
-  ``a = max(1, current_length / original_length)``;
+  ``a = max(1, current_length / original_length)``: the scale follows each input, so it takes
+  no factor (:data:`LENGTH_SCALED_METHODS`; the window is set with ``max_length``);
 - LM-Infinite (``lm_infinite``; Han et al. 2023, "LM-Infinite: Zero-Shot Extreme Length
   Generalization for Large Language Models", arXiv:2308.16137): the slopes unchanged; its
   Λ-shaped mask and distance ceiling (the bias becomes ``-m_h * min(i - j, L)``) are
@@ -90,7 +91,8 @@ def dynamic_ntk_slopes(slopes: Sequence[float], factor: float, original_length: 
                        current_length: int) -> list[float]:
     """Dynamic NTK-ALiBi: NTK-ALiBi with ``a = max(1, current_length / original_length)``.
 
-    ``factor`` is unused: the scale follows the sequence, as dynamic NTK does for RoPE.
+    ``factor`` is not read (the common signature passes it): the scale follows the sequence
+    alone, so a request with a factor is refused (:data:`LENGTH_SCALED_METHODS`).
     """
     scale = max(1.0, current_length / original_length)
     if scale == 1.0:
@@ -114,6 +116,10 @@ ALIBI_METHODS: dict[str, AlibiMethod] = {
     "dynamic_ntk": dynamic_ntk_slopes,
     "lm_infinite": lm_infinite_slopes,
 }
+
+# Methods whose scale is each input's length over the trained length (docs/methods.md), not a
+# factor: the request gives them none (a factor would have no effect), only the window.
+LENGTH_SCALED_METHODS = frozenset({"dynamic_ntk"})
 
 # Methods that keep the architecture's own slopes, so its own slope code runs unchanged.
 UNSCALED_SLOPE_METHODS = frozenset({"none", "lm_infinite"})

@@ -73,7 +73,7 @@ def pi_rope_parameters(base: dict, factor: float, original_max_position_embeddin
 
 def ntk_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
                         rotary_dim: int, options: dict) -> dict:
-    """Static NTK-aware scaling: base ``b -> b * s**(d/(d-2))``, highest frequency unchanged."""
+    """Static NTK-aware scaling (bloc97 2023): base ``b -> b * s**(d/(d-2))``, highest frequency unchanged."""
     theta = ntk_rope_theta(base["rope_theta"], factor, rotary_dim)
     return {**base, "rope_type": "default", "rope_theta": theta}
 

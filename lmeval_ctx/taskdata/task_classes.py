@@ -7,7 +7,8 @@ metadata, the model args (``--model_args``) and ``--metadata`` merged in that
 order, plus the task's own ``dataset_kwargs``. So a task's settings share one
 namespace with the model's: :func:`check_task_keys` reports a misspelt task key
 by the key it was meant to be, and :func:`check_window` compares the task's
-lengths with the window the model will have before any prompt is built.
+lengths with the window the model will have (:func:`lmeval_ctx.extension.window.model_window`)
+before any prompt is built.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import functools
 import hashlib
 import inspect
 import json
-import logging
 import weakref
 from collections.abc import Sequence
 
@@ -24,13 +24,14 @@ from lm_eval.api.task import ConfigurableTask
 from tqdm import tqdm
 
 from lmeval_ctx.common.args import parse_optional_bool, reject_misspelt_keys
+from lmeval_ctx.extension.request import EXTENSION_ARGS
+from lmeval_ctx.extension.window import model_window
 from lmeval_ctx.taskdata.lengths import per_length_metric
 
 LENGTH_FIELD = "length"
 # Keys lm-eval itself puts in a task's metadata.
 LM_EVAL_METADATA_KEYS = ("version", "config_source")
 
-eval_logger = logging.getLogger(__name__)
 # The plugin's tasks alive in this process: a run's tasks are all built before any is evaluated.
 _LIVE_TASKS: weakref.WeakSet = weakref.WeakSet()
 
@@ -47,8 +48,6 @@ def _model_arg_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the context-extension arguments of ``ctx-hf``, lm-eval HF model arguments)."""
     from lm_eval.models.huggingface import HFLM
 
-    from lmeval_ctx.extension.lifecycle import EXTENSION_ARGS
-
     # max_length is HFLM's (accepted as it is), so RULER's max_seq_lengths is not taken for a misspelling of it
     method = [name for name in EXTENSION_ARGS if name != "max_length"]
     hf = [name for name in inspect.signature(HFLM.__init__).parameters if name not in ("self", "kwargs")]
@@ -64,58 +63,6 @@ def check_task_keys(settings: dict, task_keys, *, task: str) -> None:
     method, hf = _model_arg_names()
     reject_misspelt_keys(settings, [*task_keys, *method], where=f"{task} --metadata",
                          accepted=[*hf, *LM_EVAL_METADATA_KEYS])
-
-
-@functools.lru_cache(maxsize=8)
-def _model_config(pretrained: str, gguf_file: str | None, revision: str, trust_remote_code: bool, subfolder: str):
-    from transformers import AutoConfig
-
-    from lmeval_ctx.common.checkpoint import from_pretrained_kwargs
-
-    return AutoConfig.from_pretrained(pretrained, **from_pretrained_kwargs(gguf_file, revision, trust_remote_code,
-                                                                           subfolder))
-
-
-def model_window(settings: dict, tokenizer=None) -> tuple[int, str] | None:
-    """The window (tokens) the model wrapper will use, and where it comes from; None when not known here.
-
-    ``max_length`` when given; with a context-extension method, the window
-    :func:`lmeval_ctx.extension.request.resolve_extension` derives from the model's config
-    (``original_max_length * factor``). With neither, the settings may come from
-    ``--metadata`` alone while the model is an already built (perhaps already
-    scaled) object, so the config's window is used only under ``truncation=True``,
-    where nothing later would refuse an over-long request: lm-eval's rule for HF
-    models (the config's length fields, the tokenizer's, then 2048). Otherwise
-    None, and ``ctx-hf`` refuses each over-long request itself.
-    """
-    if settings.get("max_length") not in (None, ""):
-        return int(settings["max_length"]), f"max_length={settings['max_length']}"
-    method, _ = _model_arg_names()
-    request = {key: settings[key] for key in method if settings.get(key) not in (None, "")}
-    scaled = request.get("scaling", "none") not in ("none", None)
-    truncation = parse_optional_bool(settings.get("truncation"), "truncation")
-    pretrained = settings.get("pretrained")
-    if not (scaled or truncation) or not isinstance(pretrained, str) or not pretrained:
-        return None
-    try:
-        config = _model_config(pretrained, settings.get("gguf_file") or None, str(settings.get("revision") or "main"),
-                               bool(parse_optional_bool(settings.get("trust_remote_code"), "trust_remote_code")),
-                               str(settings.get("subfolder") or ""))
-    except (OSError, ValueError) as error:
-        eval_logger.warning("Could not read the config of %r to check the window before building the task (%s); "
-                            "the model's own check applies.", pretrained, error)
-        return None
-    if scaled:
-        from lmeval_ctx.extension.request import resolve_extension
-
-        extension = resolve_extension(config, **request)
-        if extension.max_length:
-            return extension.max_length, (f"scaling={extension.requested} with factor {extension.factor:g} "
-                                          f"on original_max_length={extension.original_max_length}")
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.models.utils import resolve_max_length
-
-    return resolve_max_length(config, tokenizer, default=HFLM._DEFAULT_MAX_LENGTH), "the model's config"
 
 
 def check_window(task: str, longest: int, settings: dict, tokenizer=None, what: str = "prompts") -> None:

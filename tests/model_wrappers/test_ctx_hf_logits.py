@@ -153,7 +153,9 @@ def test_alibi_logits_match_reference(tiny_model_dir, arch, method, with_mask):
     folder = tiny_model_dir(arch)
     module, function, reference_builder, extra = ALIBI_ARCHS[arch]
     factor = 4.0
-    lm = ctx_hf(folder, scaling=method, factor=factor, **extra)
+    # dynamic NTK-ALiBi takes no factor (its scale is each input's length over the trained one): the same window
+    scale = {"max_length": int(TRAINED * factor)} if method == "dynamic_ntk" else {"factor": factor}
+    lm = ctx_hf(folder, scaling=method, **scale, **extra)
     ids = random_ids()
     kwargs = {"attention_mask": torch.ones_like(ids)} if with_mask else {}
     ours = logits(lm.model, ids, **kwargs)

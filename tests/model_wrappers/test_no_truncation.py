@@ -101,3 +101,31 @@ def test_scaled_window_admits_what_the_trained_one_refuses(tiny_model_dir):
 def test_learned_positions_model_with_a_method_is_an_error(tiny_model_dir):
     with pytest.raises(ValueError, match="gpt2 model has learned absolute position embeddings"):
         CtxHFLM(pretrained=str(tiny_model_dir("gpt2")), device="cpu", scaling="pi", factor=2)
+
+
+def test_a_scaled_window_past_the_tokenizers_limit_raises_no_indexing_warning(tiny_model_dir, tmp_path):
+    """With a method the window (512) is past the tokenizer's model_max_length (128, the trained length):
+    transformers' "will result in indexing errors" warning would read as if the scaling were not applied.
+    The tokenizer's limit follows the window; past the window ctx-hf refuses a request itself."""
+    import logging
+    import shutil
+
+    import transformers
+
+    folder = shutil.copytree(tiny_model_dir("llama"), tmp_path / "llama")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(folder)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        lm = CtxHFLM(pretrained=str(folder), device="cpu", dtype="float32", scaling="pi", factor=4)
+        (score,) = lm.loglikelihood([loglikelihood_request("a" * 300, "bc")])
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert lm.max_length == 512 and lm.tokenizer.model_max_length == 512 and score[0] < 0
+    assert not [message for message in messages if "Token indices sequence length" in message]
+    with pytest.raises(ValueError, match=r"does not fit the window max_length=512"):
+        lm.loglikelihood([loglikelihood_request("a" * 600, "bc")])
