@@ -150,7 +150,8 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
     # imported here: they need torch and transformers' model code, which resolving and writing
     # (all ctx-vllm does) do not
     from lmeval_ctx.extension.attention import patch as attention_patch
-    from lmeval_ctx.extension.alibi.install import AlibiScaling, install_alibi_scaling, slopes_in_use
+    from lmeval_ctx.extension.alibi.install import install_alibi_scaling, slopes_in_use
+    from lmeval_ctx.extension.alibi.scaling import AlibiScaling
     from lmeval_ctx.extension.rope.rotary import rebuild_rotary_embeddings
 
     ext, applied = state.extension, dict(state.applied)

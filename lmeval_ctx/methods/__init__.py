@@ -5,25 +5,5 @@
 - :mod:`.attention`: the relative position attention-level methods give each query-key pair;
 - :mod:`.alibi`: ALiBi slopes.
 
-This module only re-exports the catalog's names.
+Import from those modules: this one only names them.
 """
-
-from lmeval_ctx.methods.catalog import (  # noqa: F401
-    ALIBI_ATTENTION_METHODS,
-    ALL_METHOD_SPELLINGS,
-    ATTENTION_METHOD_OPTIONS,
-    ATTENTION_METHODS,
-    LENGTH_DEPENDENT_METHODS,
-    METHOD_ALIASES,
-    METHOD_NAMES,
-    METHOD_OPTION_NAMES,
-    METHOD_OWN_OPTIONS,
-    METHODS,
-    MODIFIER_OPTIONS,
-    ROPE_METHOD_OPTIONS,
-    ROPE_ONLY_METHODS,
-    canonical_method,
-    factor_text,
-    takes_factor,
-    validate_factor,
-)

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from lmeval_ctx.extension.request import resolve_extension
-from lmeval_ctx.methods import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, ROPE_ONLY_METHODS, canonical_method
+from lmeval_ctx.methods.catalog import ATTENTION_METHOD_OPTIONS, ATTENTION_METHODS, ROPE_ONLY_METHODS, canonical_method
 from lmeval_ctx.methods.attention import (
     ATTENTION_METHOD_REGISTRY,
     LM_INFINITE_GLOBAL_TOKENS,

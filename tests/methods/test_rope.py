@@ -7,7 +7,7 @@ import torch
 import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from lmeval_ctx.methods import canonical_method, validate_factor
+from lmeval_ctx.methods.catalog import canonical_method, validate_factor
 from lmeval_ctx.methods.rope import ROPE_METHODS, base_rope_parameters, ntk_rope_theta, validate_rope_options
 
 THETA, HEAD_DIM, L = 10000.0, 64, 2048

@@ -36,7 +36,7 @@ from lmeval_ctx.extension.alibi import attention as alibi_attention
 from lmeval_ctx.extension.alibi.masks import row_block_mask_config
 from lmeval_ctx.extension.alibi.scaling import AlibiScaling, AlibiSetting, running, running_call
 from lmeval_ctx.extension.architectures import ALIBI_ARCHITECTURES, AlibiArchitecture, alibi_architecture
-from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS
+from lmeval_ctx.methods.catalog import ALIBI_ATTENTION_METHODS
 
 # Attribute set on a patched base model; holds its AlibiSetting.
 _SETTING_ATTR = "_lmeval_ctx_alibi"

@@ -36,7 +36,7 @@ from typing import Iterator
 
 import torch
 
-from lmeval_ctx.methods import ALIBI_ATTENTION_METHODS, ATTENTION_METHOD_OPTIONS
+from lmeval_ctx.methods.catalog import ALIBI_ATTENTION_METHODS, ATTENTION_METHOD_OPTIONS
 from lmeval_ctx.methods.alibi import ALIBI_METHODS, UNSCALED_SLOPE_METHODS
 from lmeval_ctx.methods.attention import (
     ATTENTION_METHOD_REGISTRY,
