@@ -17,7 +17,7 @@ No pretrained ALiBi checkpoint can be downloaded here, so this script makes one:
    parameters, 3,000 steps of 8 x 256 tokens) trains in about 9 minutes on 2 CPU cores;
    docs/alibi_extrapolation.md gives the flags of the larger GPU-trained variant.
 3. **Evaluation**: ``lmeval-ctx sweep`` runs ``none`` and ``pi``, ``ntk`` (NTK-ALiBi) at
-   each ``--factors`` (2, 4, 8) and ``dynamic_ntk`` on the ``passkey`` task and on ``longppl`` over
+   each ``--factors`` (2, 4, 8) and ``dynamic_ntk`` on the ``passkey_custom`` task and on ``longppl`` over
    the held-out sixth novel, at 1x, 2x, 4x and 8x the window; ``lmeval-ctx report``
    writes the leaderboard and plots; the table (with 95% Wilson intervals for passkey
    accuracy) goes to ``--result``.
@@ -414,7 +414,7 @@ def evaluate(args, log=print) -> dict:
                   f"dtype=float32")
     factors = ",".join(f"{f:g}" for f in args.factors)
     cli = [sys.executable, "-m", "lmeval_ctx"]
-    common = ["--model_args", model_args, "--tasks", "passkey,longppl", "--metadata", json.dumps(metadata),
+    common = ["--model_args", model_args, "--tasks", "passkey_custom,longppl", "--metadata", json.dumps(metadata),
               "--log_samples", "--batch_size", str(args.eval_batch_size), "--device", args.device, "--output_path", str(run_dir / "sweep")]
     started = time.perf_counter()
     run_cli(cli + ["sweep", "--methods", "none," + ",".join(METHODS_WITH_FACTOR), "--factor", factors] + common, log)

@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 for scaling in "scaling=none" "scaling=yarn,factor=2" "scaling=ntk_by_parts,factor=2"; do
   echo "=== SmolLM2-135M, $scaling"
   lm_eval --model ctx-hf --model_args "pretrained=$MODEL_DIR,gguf_file=$GGUF_FILE,$scaling" \
-    --tasks passkey --metadata '{"lengths": [1024], "num_samples": 20, "depths": [0, 1]}' \
+    --tasks passkey_custom --metadata '{"lengths": [1024], "num_samples": 20, "depths": [0, 1]}' \
     --device cpu --log_samples --output_path "runs/yarn_temperature/${scaling//[=,]/_}"
 done

@@ -1,7 +1,7 @@
 """Reading lm-eval output folders: every ``results_*.json`` under them, into the leaderboard's rows.
 
-Per-length suites: our ``passkey*`` (accuracy) and ``longppl*`` (token perplexity),
-lm-eval's RULER tasks (Hsieh et al. 2024, arXiv:2404.06654; one metric named by each
+Per-length suites: our ``passkey_custom``/``passkey_<N>k`` (accuracy) and ``longppl``/``longppl_<N>k``
+(token perplexity), lm-eval's RULER tasks (Hsieh et al. 2024, arXiv:2404.06654; one metric named by each
 length, -1 for lengths not run) and BABILong (Kuratov et al. 2024, arXiv:2406.10149; one
 length per run, named in the task's ``max_seq_lengths``), and any task whose metrics are
 named by a length the way these are. Every other task is read as a task inside the window:
@@ -25,6 +25,7 @@ from lmeval_ctx.report.results import (
 )
 from lmeval_ctx.report.samples import add_sample_counts, number, samples_file
 from lmeval_ctx.taskdata.lengths import per_length_metric, split_per_length_metric
+from lmeval_ctx.taskdata.names import task_family
 
 # lm-eval's RULER group and its members (lm_eval/tasks/ruler/ruler.yaml)
 RULER_TASKS = (
@@ -40,9 +41,10 @@ PLUGIN_MODELS = ("ctx-hf", "ctx-vllm")
 # -- one task's figures -------------------------------------------------------------------------
 def suite_of(task: str, length_style: str) -> Suite:
     """The suite of a per-length task; ``length_style`` "digits" (RULER's ``4096``) or "at" (``acc@4096``)."""
-    if task.startswith("passkey"):
+    family = task_family(task)  # ours by exact name: LIBRA's passkey_with_librusec is not
+    if family == "passkey":
         return PASSKEY
-    if task.startswith("longppl"):
+    if family == "longppl":
         return PERPLEXITY
     if task in RULER_TASKS or (length_style == "digits" and task.startswith(("niah_", "ruler_"))):
         return RULER

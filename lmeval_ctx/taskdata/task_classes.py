@@ -27,6 +27,7 @@ from lmeval_ctx.common.args import parse_optional_bool, reject_misspelt_keys
 from lmeval_ctx.extension.request import EXTENSION_ARGS
 from lmeval_ctx.extension.window import model_window
 from lmeval_ctx.taskdata.lengths import per_length_metric
+from lmeval_ctx.taskdata.names import LONGPPL_TASK, PASSKEY_TASK
 
 LENGTH_FIELD = "length"
 # Keys lm-eval itself puts in a task's metadata.
@@ -166,8 +167,9 @@ class NotedTask(ConfigurableTask):
                for task in list(_LIVE_TASKS)):
             return
         raise ValueError(f"lengths={lengths!r}: {self.config.task} runs at its fixed length {fixed}, and no task of "
-                         "this run takes lengths. For those lengths run the configurable task: --tasks passkey (or "
-                         f"longppl) --metadata '{{\"lengths\": {json.dumps(lengths)}}}'; else remove lengths.")
+                         "this run takes lengths. For those lengths run the configurable task: --tasks "
+                         f"{PASSKEY_TASK} (or {LONGPPL_TASK}) --metadata '{{\"lengths\": {json.dumps(lengths)}}}'; "
+                         "else remove lengths.")
 
     def build_all_requests(self, **kwargs) -> None:
         self.check_lengths_have_a_use()

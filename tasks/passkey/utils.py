@@ -11,6 +11,7 @@ from lmeval_ctx.taskdata.passkey import (
     build_sample,
     parse_answer,
 )
+from lmeval_ctx.taskdata.names import PASSKEY_TASK
 from lmeval_ctx.taskdata.task_classes import LazyDocs, NotedTask, PerLengthTask, check_task_keys, check_window, sha256_of_texts
 from lmeval_ctx.common.checkpoint import load_tokenizer, tokenizer_args
 
@@ -46,7 +47,8 @@ def passkey_dataset(fixed_length=None, lengths=None, num_samples=DEFAULT_NUM_SAM
     # a fixed-length task leaves lengths to the configurable tasks of the run (NotedTask.check_lengths_have_a_use)
     lengths = [fixed_length] if fixed_length is not None else lengths
     if lengths is None:
-        raise ValueError('The passkey task needs its lengths: --metadata \'{"lengths": [4096, 8192]}\'.')
+        raise ValueError(f'The {PASSKEY_TASK} task needs its lengths: --tasks {PASSKEY_TASK} '
+                         '--metadata \'{"lengths": [4096, 8192]}\' (or run a fixed-length task, e.g. passkey_4k).')
     specs = SamplePlan(lengths, num_samples=num_samples, depths=depths, seed=seed)
     tokenizer = load_tokenizer(tokenizer_args(kwargs))
     check_window("passkey", max(specs.lengths), kwargs, tokenizer)
@@ -103,4 +105,4 @@ class PasskeyTask(NotedTask):
 
 
 class PerLengthPasskeyTask(PerLengthTask, PasskeyTask):
-    """The configurable ``passkey`` task: lengths from ``--metadata``, reported as ``acc@<length>``."""
+    """The configurable ``passkey_custom`` task: lengths from ``--metadata``, reported as ``acc@<length>``."""

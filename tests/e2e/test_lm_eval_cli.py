@@ -69,14 +69,14 @@ def test_window_smaller_than_the_task_is_refused(tiny_model_dir, tmp_path):
 def test_configurable_passkey_reports_one_accuracy_per_length(tiny_model_dir, tmp_path):
     folder = tiny_model_dir("llama")
     run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={folder},dtype=float32,scaling=pi,factor=8",
-                  "--tasks", "passkey", "--metadata", '{"lengths": [300, 600], "num_samples": 3, "depths": 3}',
+                  "--tasks", "passkey_custom", "--metadata", '{"lengths": [300, 600], "num_samples": 3, "depths": 3}',
                   "--device", "cpu", "--output_path", str(tmp_path / "out"), "--log_samples", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     results = results_json(tmp_path / "out")
-    metrics = results["results"]["passkey"]
+    metrics = results["results"]["passkey_custom"]
     assert {"acc@300,none", "acc@600,none"} <= set(metrics) and "acc,none" not in metrics
-    assert results["higher_is_better"]["passkey"]["acc@600"] is True
-    (samples,) = (tmp_path / "out").rglob("samples_passkey_*.jsonl")
+    assert results["higher_is_better"]["passkey_custom"]["acc@600"] is True
+    (samples,) = (tmp_path / "out").rglob("samples_passkey_custom_*.jsonl")
     docs = [json.loads(line) for line in samples.read_text().splitlines()]
     assert sorted((d["doc"]["length"], d["doc"]["depth"]) for d in docs) == [
         (300, 0.0), (300, 0.5), (300, 1.0), (600, 0.0), (600, 0.5), (600, 1.0)]
@@ -89,6 +89,18 @@ def test_configurable_passkey_reports_one_accuracy_per_length(tiny_model_dir, tm
 
 def test_configurable_passkey_without_lengths_says_how_to_pass_them(tiny_model_dir, tmp_path):
     run = lm_eval("--model", "ctx-hf", "--model_args", f"pretrained={tiny_model_dir('llama')}",
-                  "--tasks", "passkey", "--device", "cpu", cwd=tmp_path)
+                  "--tasks", "passkey_custom", "--device", "cpu", cwd=tmp_path)
     assert run.returncode != 0
-    assert '--metadata \'{"lengths": [4096, 8192]}\'' in run.stderr
+    assert 'The passkey_custom task needs its lengths: --tasks passkey_custom --metadata \'{"lengths": [4096, 8192]}\'' \
+        in run.stderr
+
+
+def test_no_task_of_ours_overrides_one_lm_eval_ships(tiny_model_dir, tmp_path):
+    """lm-eval logs each name a later task folder takes over; the plugin's folder must take over none
+    (it did take LIBRA's passkey, so LIBRA's group ran ours)."""
+    run = lm_eval("--model", "ctx-hf", "--model_args",
+                  f"pretrained={tiny_model_dir('llama')},dtype=float32,scaling=yarn,factor=8",
+                  "--tasks", "passkey_1k", "--limit", "1", "--device", "cpu", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "passkey_1k" in run.stdout  # lm-eval's table: the run happened and was logged
+    assert [line for line in (run.stdout + run.stderr).splitlines() if "overrides existing task" in line] == []

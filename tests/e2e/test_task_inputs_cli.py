@@ -33,17 +33,17 @@ def test_passkey_builds_what_it_evaluates_and_records_it(tiny_model_dir, tmp_pat
     # 100,000 samples per length planned, 6 evaluated: only those are built (all of them would take hours);
     # --gen_kwargs changes the generation budget the prompts are sized for
     run = lm_eval("--model_args", f"pretrained={tiny_model_dir('llama')},dtype=float32,scaling=pi,factor=8",
-                  "--tasks", "passkey", "--metadata", '{"lengths": [300, 600], "num_samples": 100000, "depths": 3}',
+                  "--tasks", "passkey_custom", "--metadata", '{"lengths": [300, 600], "num_samples": 100000, "depths": 3}',
                   "--limit", "6", "--gen_kwargs", "max_gen_toks=40", "--output_path", str(tmp_path / "out"),
                   "--log_samples", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "passkey: building prompts" in run.stderr
-    results, docs = run_output(tmp_path / "out", "passkey")
+    assert "passkey_custom: building prompts" in run.stderr
+    results, docs = run_output(tmp_path / "out", "passkey_custom")
     assert len(docs) == 6
     assert all(d["doc"]["length"] - 64 <= d["doc"]["prompt_tokens"] + 40 <= d["doc"]["length"] for d in docs)
-    identity = results["configs"]["passkey"]["metadata"]["data_identity"]
+    identity = results["configs"]["passkey_custom"]["metadata"]["data_identity"]
     assert identity == {"kind": "prompts_sha256", "value": sha256_of_texts(d["doc"]["input"] for d in docs)}
-    metrics = results["results"]["passkey"]
+    metrics = results["results"]["passkey_custom"]
     for length in (300, 600):
         scored = [d[f"acc@{length}"] for d in docs if d["doc"]["length"] == length]
         assert metrics[f"acc@{length}_stderr,none"] == pytest.approx(mean_stderr(scored))

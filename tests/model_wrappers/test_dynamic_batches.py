@@ -18,7 +18,7 @@ def run_passkey(folder, scaling, monkeypatch) -> list:
         return generate(context, max_length, stop, **kwargs)
 
     monkeypatch.setattr(lm, "_model_generate", spy)
-    lm_eval.simple_evaluate(model=lm, tasks=["passkey"], bootstrap_iters=0,
+    lm_eval.simple_evaluate(model=lm, tasks=["passkey_custom"], bootstrap_iters=0,
                             metadata={"pretrained": str(folder), "lengths": [300, 600], "num_samples": 3})
     return masks
 

@@ -80,10 +80,10 @@ def runs(tmp_path):
               {"passkey_1k": passkey_samples({(1024, 0.0): [1, 1], (1024, 1.0): [1, 1]}),
                "passkey_4k": passkey_samples({(4096, 0.0): [0, 0], (4096, 1.0): [1, 0]})})
     write_run(yarn, "yarn", 2.0,
-              {"passkey": {"acc@1024,none": 1.0, "acc@4096,none": 0.5}},
-              {"passkey": {"dataset_kwargs": {}}},
-              {"passkey": passkey_samples({(1024, 0.0): [1], (1024, 1.0): [1], (4096, 0.0): [1], (4096, 1.0): [0]},
-                                          per_length_metric=True)})
+              {"passkey_custom": {"acc@1024,none": 1.0, "acc@4096,none": 0.5}},
+              {"passkey_custom": {"dataset_kwargs": {}}},
+              {"passkey_custom": passkey_samples({(1024, 0.0): [1], (1024, 1.0): [1], (4096, 0.0): [1],
+                                                  (4096, 1.0): [0]}, per_length_metric=True)})
     write_run(yarn, "yarn", 2.0,
               {"longppl": {"token_perplexity@1024,none": 13.0, "token_perplexity@4096,none": 11.25}},
               {"longppl": {}}, stamp="2026-01-02T00-00-00")

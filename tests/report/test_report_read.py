@@ -17,7 +17,7 @@ def test_files_of_one_method_join_one_row(runs):  # noqa: F811
     """The passkey run and the perplexity run of yarn ×2 (two results files) make one row."""
     rows = read_runs(list(runs))
     assert [(row.label, len(row.files)) for row in rows] == [("none", 1), ("yarn ×2", 2)]
-    assert sorted(rows[1].tasks) == ["longppl", "passkey"]
+    assert sorted(rows[1].tasks) == ["longppl", "passkey_custom"]
 
 
 def test_runs_differing_in_any_setting_stay_apart(tmp_path):
@@ -47,6 +47,21 @@ def test_factors_are_never_collapsed(tmp_path):
     write_run(tmp_path / "y", "yarn", 2.0000001, {"passkey_1k": {"acc,none": 0.25}}, config)
     rows = read_runs([tmp_path / "x", tmp_path / "y"])
     assert sorted(row.label for row in rows) == ["yarn ×2", "yarn ×2.0000001"]
+
+
+def test_our_suites_are_ours_by_exact_name(tmp_path):
+    """passkey_custom and an older folder's configurable ``passkey`` (lmeval-ctx 0.1.0) are our passkey;
+    another benchmark's task that merely starts with "passkey" or "longppl" is a suite of its own."""
+    write_run(tmp_path / "new", "none", None, {"passkey_custom": {"acc@1024,none": 0.75}}, {"passkey_custom": {}})
+    write_run(tmp_path / "old", "none", None, {"passkey": {"acc@2048,none": 0.5}}, {"passkey": {}},
+              stamp="2026-01-02T00-00-00")
+    others = {"passkey_with_librusec": {"acc@4096,none": 0.25}, "longppl_books": {"token_perplexity@4096,none": 9.0}}
+    write_run(tmp_path / "others", "none", None, others, {task: {} for task in others}, stamp="2026-01-03T00-00-00")
+    (row,) = read_runs([tmp_path / "new", tmp_path / "old", tmp_path / "others"])
+    assert row.passkey_accuracy == {1024: 0.75, 2048: 0.5}
+    suites = {task: result.suite.name for task, result in row.tasks.items()}
+    assert suites == {"passkey_custom": "passkey", "passkey": "passkey",
+                      "passkey_with_librusec": "passkey_with_librusec", "longppl_books": "longppl_books"}
 
 
 def test_model_args_are_read_as_lm_eval_parses_them(tmp_path):

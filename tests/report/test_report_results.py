@@ -34,13 +34,13 @@ def test_ruler_effective_length_is_the_largest_length_whose_average_reaches_the_
 
 def test_passkey_effective_length_and_the_task_behind_a_value():
     fixed = TaskResult("passkey_1k", PASSKEY, {1024: Measure(1.0)}, metric="acc")
-    configurable = TaskResult("passkey", PASSKEY, {2048: Measure(0.8), 4096: Measure(0.5)}, metric="acc")
+    configurable = TaskResult("passkey_custom", PASSKEY, {2048: Measure(0.8), 4096: Measure(0.5)}, metric="acc")
     run = row(tasks=[fixed, configurable])
     assert run.passkey_accuracy == {1024: 1.0, 2048: 0.8, 4096: 0.5}  # both tasks make one member
     assert run.passkey_effective_length == 2048  # 0.8 passes (≥ 0.8)
     assert run.task_at(PASSKEY, "passkey", 1024) is fixed and run.task_at(PASSKEY, "passkey", 4096) is configurable
     assert run.task_at(PASSKEY, "passkey", 8192) is None
-    assert row(tasks=[TaskResult("passkey", PASSKEY, {1024: Measure(0.5)})]).passkey_effective_length is None
+    assert row(tasks=[TaskResult("passkey_custom", PASSKEY, {1024: Measure(0.5)})]).passkey_effective_length is None
 
 
 def test_wilson_interval_only_for_binary_scores_with_a_sample_count():

@@ -71,7 +71,7 @@ def test_several_misspelt_keys_are_named_in_one_error(model):
 def test_model_args_and_lm_evals_own_keys_are_accepted(model):
     docs = passkey.passkey_dataset(lengths=[300], num_samples=2, **model, dtype="float32", device="cpu",
                                    batch_size=1, scaling="pi", factor=8, truncation=False, add_bos_token=False,
-                                   trust_remote_code="no", version=1.0, config_source="passkey.yaml",
+                                   trust_remote_code="no", version=1.0, config_source="passkey_custom.yaml",
                                    max_seq_lengths=[2048])["test"]  # RULER's, in a run of both
     assert len(docs) == 2 and docs.lengths == [300]
 
@@ -84,13 +84,21 @@ def test_lengths_given_to_a_fixed_length_task_is_an_error_unless_the_run_uses_th
     fixed = SimpleNamespace(config=SimpleNamespace(task="passkey_1k", dataset_kwargs={"fixed_length": 1024},
                                                    metadata={"lengths": [512], "version": 1.0}))
     with pytest.raises(ValueError, match=r"lengths=\[512\]: passkey_1k runs at its fixed length 1024, and no task "
-                                         r"of this run takes lengths"):
+                                         r"of this run takes lengths\. For those lengths run the configurable "
+                                         r"task: --tasks passkey_custom \(or longppl\)"):
         NotedTask.check_lengths_have_a_use(fixed)
     # --tasks passkey_1k,longppl --metadata '{"lengths": [512]}': the lengths are longppl's
     configurable = PerLengthTask.__new__(PerLengthTask)
     configurable._config = SimpleNamespace(task="longppl", metadata={"lengths": [512]})
     _LIVE_TASKS.add(configurable)
     NotedTask.check_lengths_have_a_use(fixed)
+
+
+def test_the_configurable_passkey_without_lengths_names_itself(model):
+    """Its name is passkey_custom (lm-eval's "passkey" is LIBRA's): the message says what to run."""
+    with pytest.raises(ValueError, match=r"The passkey_custom task needs its lengths: --tasks passkey_custom "
+                                         r"--metadata '\{\"lengths\": \[4096, 8192\]\}'"):
+        passkey.passkey_dataset(**model)
 
 
 def test_a_fixed_setting_given_again_names_the_key():
@@ -249,7 +257,7 @@ def test_per_length_accuracies_carry_the_standard_error_of_the_fixed_tasks():
     from lm_eval.evaluator_utils import _compute_task_aggregations
 
     class Task:
-        task_name = "passkey"
+        task_name = "passkey_custom"
 
         @staticmethod
         def aggregation():
