@@ -353,12 +353,13 @@ class CtxHFLM(HFLM):
         Batches are HFLM's: longest first, right-padded, the batch size fixed or detected
         (``batch_size=auto``); with ``logits_cache``, requests sharing context + continuation
         minus its last token (answer choices) run as one row. Each row's continuation
-        positions alone go through the output layer. Answers are ``(sum of log-probs,
-        every token the argmax)`` per request, as HFLM's.
+        positions alone go through the output layer (or, without one, are cut from full
+        logits). Answers are ``(sum of log-probs, every token the argmax)`` per request, as
+        HFLM's, but log-softmaxed in float32 and summed in float64 (lmeval_ctx.scoring.logprobs).
         """
-        head = self._output_layer()
-        if head is None:
+        if self.backend != "causal":  # encoder-decoder models: HFLM's own scoring
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        head = self._output_layer()
         collator = Collator(
             requests,
             sort_fn=lambda request: (-len(request[1] + request[2]), tuple(request[1] + request[2])),
@@ -378,14 +379,16 @@ class CtxHFLM(HFLM):
             width = max(len(tokens) for tokens in inputs)
             batched = pad_and_concat(width, [torch.tensor(tokens, dtype=torch.long, device=self.device)
                                              for tokens in inputs], padding_side="right")
-            hidden = self._model_call(batched, final_hidden_states=True)  # (batch, width, hidden)
+            # (batch, width, hidden), or without an output layer for slices (batch, width, vocabulary)
+            hidden = self._model_call(batched, final_hidden_states=head is not None)
             for row, ((request_str, context_enc, continuation_enc), tokens) in enumerate(zip(batch, inputs)):
                 end = len(tokens) + hidden.shape[1] - width  # after the row's last input (and any virtual tokens)
                 scored = hidden[row:row + 1, end - len(continuation_enc):end]  # (1, continuation, hidden)
                 # this row's request and any sharing its input (the longest continuation is this row's)
                 members = [(s, c) for s, c, _ in collator.get_cache(req_str=request_str, cxt_toks=context_enc,
                                                                      cont_toks=continuation_enc, logits=scored)]
-                for answer, (member_str, _) in zip(self._continuation_scores(head, scored[0], members), members):
+                for answer, (member_str, _) in zip(self._continuation_scores(head, scored[0], members), members,
+                                                   strict=True):
                     answers.append(answer)
                     if member_str is not None:
                         self.cache_hook.add_partial("loglikelihood", member_str, answer)
@@ -403,26 +406,16 @@ class CtxHFLM(HFLM):
         return tokens[-(self.max_length + 1):][:-1]
 
     def _continuation_scores(self, head, hidden: torch.Tensor, members) -> list[tuple[float, bool]]:
-        """``(log-prob sum, all argmax)`` of each member's continuation, aligned to the end of ``hidden``.
-
-        ``hidden`` (positions, hidden_size) holds the positions of the longest continuation;
-        a shorter one is scored at the last positions, where its tokens are.
-        """
-        longest = max((list(continuation) for _, continuation in members), key=len)
-        positions = len(longest)
-        assert positions == hidden.shape[0], "the row carries its group's longest continuation"
-        # a shorter continuation's row starts with the longest's first tokens: unscored filler
-        targets = torch.tensor([longest[:positions - len(c)] + list(c) for _, c in members],
-                               dtype=torch.long, device=hidden.device)  # (members, positions)
+        """``(log-prob sum, all argmax)`` of each ``(request, continuation)`` member from one row's
+        ``hidden`` (its full logits where ``head`` is None), by lmeval_ctx.scoring.logprobs."""
         with torch.no_grad(), self._autocast():
-            logprobs, greedy = scoring.target_logprobs(head, hidden, targets, self.softmax_dtype, self.logits_slice)
-        return [(float(logprobs[m, positions - len(c):].sum()), bool(greedy[m, positions - len(c):].all()))
-                for m, (_, c) in enumerate(members)]
+            return scoring.continuation_scores(head, hidden, [list(c) for _, c in members],
+                                               self.softmax_dtype, self.logits_slice or scoring.DEFAULT_SLICE_POSITIONS)
 
     @torch.no_grad()
     def _token_logprobs(self, tokens: list[int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of ``tokens[first + 1:]`` given all tokens before each, and whether each
-        is the argmax, in one forward pass; log-softmax in ``softmax_dtype``, as HFLM's.
+        """Log-probabilities of ``tokens[first + 1:]`` given all tokens before each (float64, log-softmaxed
+        in float32 or ``softmax_dtype``), and whether each is the argmax, in one forward pass.
 
         The output layer runs a slice of positions at a time (full logits, sliced only for the
         log-softmax, where the model is not in lmeval_ctx.scoring.logprobs's table or logits_slice=0).
@@ -432,7 +425,7 @@ class CtxHFLM(HFLM):
         head = self._output_layer()
         if head is None:
             logits = self._model_call(inputs)[0, first:]  # (positions, vocabulary)
-            logprobs, greedy = scoring.target_logprobs(lambda part: part, logits, targets, self.softmax_dtype)
+            logprobs, greedy = scoring.target_logprobs(None, logits, targets, self.softmax_dtype)
         else:
             hidden = self._model_call(inputs, final_hidden_states=True)[0, first:]  # (positions, hidden)
             with self._autocast():

@@ -38,6 +38,9 @@ HF_RESPONSE_SETTINGS = (
     "revision", "peft", "delta",
 )
 WEIGHT_SAMPLE_VALUES = 64
+# ctx-hf's scoring arithmetic (lmeval_ctx.scoring.logprobs), in the key so that answers cached before
+# it changed (half precision was log-softmaxed and summed in the logits' dtype until 2026-12) are not reused
+SCORING_ARITHMETIC = "log-softmax float32 (or softmax_dtype), float64 sums"
 
 
 def vllm_response_settings(arguments: dict) -> dict:
@@ -59,6 +62,7 @@ def hf_response_settings(lm) -> dict:
     settings["dtype"] = getattr(model, "dtype", None)
     settings["tokenizer"] = getattr(getattr(lm, "tokenizer", None), "name_or_path", None)
     settings["weights"] = weight_sample_digest(model)
+    settings["scoring"] = SCORING_ARITHMETIC
     return settings
 
 

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from lm_eval.models.huggingface import HFLM
 from transformers import AutoModelForCausalLM
 
 from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
@@ -61,6 +62,9 @@ def test_loglikelihood_batches_equal_full_logit_scoring(tiny_model_dir, name):
     sliced, full = score(lm, requests, 4), score(lm, requests, 0)
     assert_same_answers(sliced, full)
     assert sliced[-1][1] and not any(greedy for _, greedy in sliced[:-1])
+    # and lm-eval's own full-logit scoring, which equals ctx-hf's in float32 (not in half precision,
+    # where it sums in bfloat16: tests/model_wrappers/test_half_precision_scoring.py)
+    assert_same_answers(sliced, HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True))
 
 
 def test_a_shorter_continuation_on_the_same_input_is_scored_at_its_own_positions(tiny_model_dir):

@@ -71,8 +71,8 @@ def test_target_logprobs_equal_a_full_log_softmax(slice_positions, softmax_dtype
         full = F.log_softmax(head(hidden), dim=-1, dtype=softmax_dtype)  # (37, 50)
         targets[1, ::3] = full.argmax(dim=-1)[::3]  # some targets are the argmax
         log_probs, is_argmax = scoring.target_logprobs(head, hidden, targets, softmax_dtype, slice_positions)
-    assert log_probs.dtype == full.dtype and log_probs.shape == is_argmax.shape == (3, 37)
-    torch.testing.assert_close(log_probs, full.gather(-1, targets.T).T, rtol=1e-6, atol=0)
+    assert log_probs.dtype == torch.float64 and log_probs.shape == is_argmax.shape == (3, 37)
+    torch.testing.assert_close(log_probs, full.gather(-1, targets.T).T.double(), rtol=1e-6, atol=0)
     assert torch.equal(is_argmax, full.argmax(dim=-1)[None, :] == targets)
     assert is_argmax[1, ::3].all()
 
@@ -83,3 +83,50 @@ def test_target_logprobs_reject_a_bad_slice_or_shape():
         scoring.target_logprobs(head, hidden, torch.zeros(1, 4, dtype=torch.long), slice_positions=0)
     with pytest.raises(ValueError, match="targets"):
         scoring.target_logprobs(head, hidden, torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_half_precision_logits_are_log_softmaxed_in_float32_and_kept_in_float64():
+    generator = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(8, 50).to(torch.bfloat16)
+    hidden = torch.randn(300, 8, generator=generator).to(torch.bfloat16)
+    targets = torch.randint(0, 50, (2, 300), generator=generator)
+    with torch.no_grad():
+        logits = head(hidden)  # bfloat16, as a half-precision model's
+        log_probs, _ = scoring.target_logprobs(head, hidden, targets, slice_positions=64)
+        from_logits, _ = scoring.target_logprobs(None, logits, targets, slice_positions=64)
+    # the direct computation: one float32 log-softmax of the same logits, a float64 sum
+    exact = F.log_softmax(logits.float(), dim=-1).gather(-1, targets.T).T.double()
+    half = F.log_softmax(logits, dim=-1).gather(-1, targets.T).T  # lm-eval's HFLM: bfloat16 throughout
+    assert log_probs.dtype == from_logits.dtype == torch.float64
+    torch.testing.assert_close(log_probs, exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(from_logits, exact, rtol=1e-6, atol=0)
+    assert float(log_probs.sum()) == pytest.approx(float(exact.sum()), rel=1e-9)
+    assert abs(float(half.sum()) - float(exact.sum())) > 1e-4 * abs(float(exact.sum()))  # what it fixes
+
+
+@pytest.mark.parametrize("logits_dtype, softmax_dtype, expected", [
+    (torch.bfloat16, None, torch.float32),
+    (torch.float16, None, torch.float32),
+    (torch.float32, None, torch.float32),
+    (torch.float64, None, torch.float64),  # never below the logits' own precision
+    (torch.bfloat16, torch.bfloat16, torch.bfloat16),  # an explicit softmax_dtype is honoured
+    (torch.float32, torch.float64, torch.float64),
+])
+def test_log_softmax_dtype(logits_dtype, softmax_dtype, expected):
+    assert scoring.log_softmax_dtype(logits_dtype, softmax_dtype) == expected
+
+
+def test_continuation_scores_sum_each_continuation_at_the_end_of_the_positions():
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(9, 20, generator=generator, dtype=torch.float64)
+    continuations = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [1, 2]]
+    log_softmax = F.log_softmax(logits, dim=-1)
+    expected = [float(log_softmax[torch.arange(9), continuations[0]].sum()),
+                float(log_softmax[[7, 8], [1, 2]].sum())]
+    scores = scoring.continuation_scores(None, logits, continuations, slice_positions=4)
+    assert [total for total, _ in scores] == pytest.approx(expected, rel=1e-12)
+    assert all(isinstance(total, float) and isinstance(greedy, bool) for total, greedy in scores)
+    greedy = log_softmax.argmax(dim=-1).tolist()
+    assert scoring.continuation_scores(None, logits, [greedy, greedy[-3:]])[1][1] is True
+    with pytest.raises(ValueError, match="hidden must hold the longest continuation's 9 positions; got 8"):
+        scoring.continuation_scores(None, logits[:8], continuations)
