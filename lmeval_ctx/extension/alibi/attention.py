@@ -4,21 +4,27 @@ transformers runs these models' ALiBi attention on whole ``heads x queries x key
 score tensors (BLOOM, MPT: eager attention; Falcon: a dense float mask with the bias
 folded in). Here a block of query rows is attended at a time with
 ``torch.nn.functional.scaled_dot_product_attention`` at the model's head size; the block's
-additive float mask (``batch x heads x rows x keys``) is the model's own per-key ALiBi bias
-(BLOOM's ``alibi`` tensor, MPT's ``position_bias``, Falcon's bias formed here as its
-``build_alibi_tensor`` forms it; all ``heads x keys``) with the causal and padding mask of
-those rows. Nothing of size ``queries x keys`` is ever built. The slopes of the running
-call come from :mod:`lmeval_ctx.extension.alibi.scaling` (see there for how).
+additive float mask (``batch x heads x rows x keys``) is the ALiBi bias of those rows
+(:class:`AlibiBias`) with their causal and padding mask. Nothing of size ``queries x keys`` is
+ever built. The slopes of the running call come from :mod:`lmeval_ctx.extension.alibi.scaling`
+(see there for how).
 
-ALiBi's bias ``-m_h (i - j)`` equals ``m_h j`` up to a constant per query row, which
-softmax ignores, so a bias per key is exact (Press et al. 2021, "Train Short, Test
-Long", arXiv:2108.12409; docs/methods.md; docs/alibi_attention.md).
+ALiBi adds ``-m_h (i - j)`` (Press et al. 2021, "Train Short, Test Long", arXiv:2108.12409;
+docs/methods.md; docs/alibi_attention.md). The bias is formed per block in float32 from each
+pair's relative position ``j - i`` (integers, exact in float32), never from ``m_h j`` rounded to
+the model's dtype (Falcon's own bfloat16 rounding, its definition in every dtype, is kept: see
+:func:`falcon_alibi`): in bfloat16, ``m_h j`` at ``j = 8000`` has a step of 32 positions, so
+transformers' BLOOM gives dozens of neighbouring keys one bias, and its error grows with the
+position. Relative to each row's own query the bias is 0 on the diagonal and small near it, so
+its one rounding to the attention's dtype, as the block's mask, costs little.
 
 Each architecture's replacement forward keeps everything of the original except
 the score/softmax/value part: BLOOM adds its bias unscaled (``baddbmm`` with
 ``beta=1``, ``alpha=1/sqrt(head_dim)``); MPT clips ``qkv`` (``clip_qkv``), scales by
-``softmax_scale`` and adds ``position_bias`` unscaled; Falcon scales its bias
-(bfloat16-rounded slopes times positions) by ``1/sqrt(head_dim)`` as its model does.
+``softmax_scale`` and adds its bias unscaled (relative to indices, as its ``position_bias``);
+Falcon scales its bias (``slope x position`` rounded to bfloat16 in every dtype, its model's
+definition, see :func:`falcon_alibi`) by ``1/sqrt(head_dim)``; BLOOM and Falcon count positions
+over the attention mask (:meth:`RowBlockMask.key_positions`).
 
 The model's mask comes from transformers' ``create_causal_mask`` as a
 :class:`lmeval_ctx.extension.alibi.masks.RowBlockMask` instead of a dense
@@ -33,7 +39,7 @@ instead (not run in this project's CI: no GPU there).
 LM-Infinite (``scaling=lm_infinite``; Han et al. 2023, arXiv:2308.16137) runs here too, as an
 :class:`lmeval_ctx.extension.alibi.scaling.AlibiPositionMethod`: the relative position of
 :func:`lmeval_ctx.methods.attention.lm_infinite`, ``rel = min(i - j, L)``, makes the bias
-``-m_h * rel``, i.e. the model's own per-key bias plus ``m_h * (i - j - rel)`` on the pairs
+``-m_h * rel``, i.e. the model's bias plus ``m_h * (i - j - rel)`` on the pairs
 past the ceiling, and its Λ-shaped mask hides the keys between the first ``global_tokens``
 and the last ``local_window``. Both are built per query block only for the blocks they change.
 """
@@ -57,7 +63,7 @@ from lmeval_ctx.extension.alibi.scaling import (
 # alibi_attention= values: auto (flash-attn where it applies, else blocks), blocked, transformers.
 ATTENTION_CHOICES = ("auto", "blocked", "transformers")
 
-# Bytes one query block's mask may take (its scores inside SDPA are of the same size).
+# Bytes one query block's float32 bias may take (its scores inside SDPA are of the same size).
 BLOCK_BYTES = 128 * 2**20
 MAX_BLOCK_ROWS = 512
 MIN_BLOCK_ROWS = 16
@@ -75,8 +81,8 @@ def validate_attention_choice(choice) -> str:
 
 
 # ----------------------------------------------------------------------------- the attention core
-def _block_rows(batch: int, heads: int, keys: int, itemsize: int) -> int:
-    rows = BLOCK_BYTES // max(1, batch * heads * keys * itemsize)
+def _block_rows(batch: int, heads: int, keys: int) -> int:
+    rows = BLOCK_BYTES // max(1, batch * heads * keys * 4)  # the bias is formed in float32
     return int(min(MAX_BLOCK_ROWS, max(MIN_BLOCK_ROWS, rows)))
 
 
@@ -88,6 +94,39 @@ def _per_query_head(x: torch.Tensor, heads: int) -> torch.Tensor:
     if x.shape[1] == 1:  # multi-query: a view, no copy
         return x.expand(-1, heads, -1, -1)
     return x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
+@dataclass(frozen=True)
+class AlibiBias:
+    """ALiBi's bias from relative positions: ``scale_h * (grid_h[j] - grid_h[i])`` for query ``i``
+    (an index among the keys) and key ``j``, formed in float32 a block of rows at a time.
+
+    ``grid``: ``(batch or 1, heads or 1, keys)`` float32, each key's position in the model's
+    ALiBi units: integer positions for BLOOM and MPT (so ``grid[j] - grid[i]`` is the exact
+    relative position and ``scale`` the slopes), Falcon's bfloat16-rounded ``slope x position``
+    (``scale``: ``1/sqrt(head_dim)``). ``scale``: ``(heads,)`` float32, on the grid's device.
+    """
+
+    grid: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def linear(cls, positions: torch.Tensor, slopes: torch.Tensor) -> "AlibiBias":
+        """``-m_h (p_i - p_j)`` for integer ``positions`` ``(batch or 1, keys)``: the exact ALiBi bias."""
+        return cls(positions.to(torch.float32)[:, None, :], slopes)
+
+    def rows(self, first_query: int | None, start: int, stop: int, key_end: int) -> torch.Tensor:
+        """``(batch or 1, heads, rows, key_end)`` float32 for query rows ``[start, stop)``.
+
+        ``first_query``: the first query's index among the keys; None (a caller's dense mask,
+        whose queries are not known) measures from the block's last key instead, still exact
+        relative positions (softmax ignores a constant per row)."""
+        keys = self.grid[..., None, :key_end]
+        if first_query is None:
+            reference = self.grid[..., None, key_end - 1:key_end]
+        else:
+            reference = self.grid[..., first_query + start:first_query + stop, None]
+        return self.scale[None, :, None, None] * (keys - reference)
 
 
 @dataclass
@@ -136,13 +175,12 @@ def _apply_position_method(block: _Block, method: AlibiPositionMethod, key_posit
         block.keep = block.keep & visible
 
 
-def _block_mask(block: _Block, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The block's additive float mask for SDPA: the per-key bias (plus a position method's
-    correction) where a pair is kept, the dtype's lowest elsewhere. The bias is shifted to 0 at
-    the block's last key (softmax ignores a constant per row), so its values stay small near the
-    diagonal, where attention is, in half precision too."""
-    end = block.key_end
-    bias = key_bias[..., :end] - key_bias[..., end - 1:end]  # (batch or 1, heads, 1, keys) float32
+def _block_mask(block: _Block, alibi: AlibiBias, first_query: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """The block's additive float mask for SDPA: the ALiBi bias of its rows (plus a position
+    method's correction), formed in float32 and rounded to ``dtype`` once, where a pair is kept;
+    the dtype's lowest elsewhere. Relative to each row's query, the bias is 0 on the diagonal and
+    small near it, where attention is, so that one rounding costs little in half precision."""
+    bias = alibi.rows(first_query, block.start, block.stop, block.key_end)
     if block.correction is not None:
         bias = bias + block.correction
     bias = bias.to(dtype)
@@ -178,7 +216,7 @@ def _method_key_positions(mask, first_query: int | None, keys: int, device, meth
     return mask.key_positions() if isinstance(mask, RowBlockMask) else torch.arange(keys, device=device)[None]
 
 
-def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor,
+def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, alibi: AlibiBias,
                             mask, scale: float, position_method: AlibiPositionMethod | None = None) -> torch.Tensor:
     """``softmax(q k^T * scale + bias + mask) v``, a block of query rows at a time.
 
@@ -189,7 +227,7 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
         query: ``(batch, heads, queries, head_dim)``; key, value: ``(batch, kv_heads, keys, head_dim)``
             (``kv_heads`` dividing ``heads``). Queries are the last ``queries`` positions unless
             the mask says otherwise.
-        key_bias: ``(batch or 1, heads, 1, keys)``, added to every query's scaled scores.
+        alibi: the bias added to the scaled scores, in relative positions (:class:`AlibiBias`).
         mask: a :class:`RowBlockMask`; a 4-D tensor broadcastable to ``(batch, heads, queries,
             keys)``, boolean (True: attend) or additive float; or None (causal).
         position_method: an attention-level method (``lm_infinite``) applied on top: in the
@@ -210,9 +248,8 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                      else _method_key_positions(mask, first_query, keys, query.device, position_method))
     if isinstance(mask, RowBlockMask) and mask.plain_causal and mask.padding is None:
         mask = None  # causality alone, known from first_query: cheaper than transformers' general mask
-    key_bias = key_bias.to(torch.float32)
     out = torch.empty(batch, heads, q_len, head_dim, dtype=value.dtype, device=query.device)
-    step = _block_rows(batch, heads, keys, query.element_size())
+    step = _block_rows(batch, heads, keys)
     for start in range(0, q_len, step):
         stop = min(q_len, start + step)
         block = (_dense_block(mask, start, stop, keys) if isinstance(mask, torch.Tensor)
@@ -220,7 +257,7 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
         # the largest distance in the block: positions count real tokens, so never more than indices
         if position_method is not None and position_method.changes(first_query + stop - 1):
             _apply_position_method(block, position_method, key_positions, first_query)
-        block_mask = _block_mask(block, key_bias, query.dtype)
+        block_mask = _block_mask(block, alibi, first_query, query.dtype)
         block_key, block_value = key[:, :, :block.key_end], value[:, :, :block.key_end]
         columns = _seen_columns(block)
         if columns is not None:
@@ -259,20 +296,27 @@ def flash_alibi_attention(query, key, value, slopes: torch.Tensor, scale: float)
     """flash-attn with ``alibi_slopes``: it adds ``-slope * (i - j)`` to the scaled scores (causal, bottom-right)."""
     out = _flash_attn_func()(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-        softmax_scale=scale, causal=True, alibi_slopes=slopes.to(device=query.device, dtype=torch.float32),
+        softmax_scale=scale, causal=True, alibi_slopes=slopes,
     )
     return out.transpose(1, 2)
 
 
-def _attend(query, key, value, key_bias, mask, scale, slopes: torch.Tensor):
+def _attend(query, key, value, alibi: AlibiBias, mask, scale, slopes: torch.Tensor):
     """The running call's attention: flash-attn where it applies, else the blocks.
 
     ``slopes``: the call's slopes (:func:`lmeval_ctx.extension.alibi.scaling.active_slopes`) in
-    the units of ``key_bias`` (the model's scaling of its bias applied)."""
+    the units of the scaled scores (the model's scaling of its bias applied)."""
     position_method = active_position_method(slopes)
     if position_method is None and _flash_applies(attention_choice(), query, key, mask):
         return flash_alibi_attention(query, key, value, slopes, scale)
-    return blocked_alibi_attention(query, key, value, key_bias, mask, scale, position_method)
+    return blocked_alibi_attention(query, key, value, alibi, mask, scale, position_method)
+
+
+def _counted_positions(mask, keys: int, device) -> torch.Tensor:
+    """``(batch or 1, keys)``: BLOOM's and Falcon's ALiBi positions, real tokens before each key."""
+    if isinstance(mask, RowBlockMask):
+        return mask.key_positions()
+    return torch.arange(keys, device=device)[None]
 
 
 def _no_attention_weights(output_attentions: bool) -> None:
@@ -286,17 +330,19 @@ def _no_attention_weights(output_attentions: bool) -> None:
 # ----------------------------------------------------------------------------- per-architecture forwards
 def bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
                             output_attentions=False, **kwargs):
-    """``BloomAttention.forward`` with the blocked core; ``alibi`` is ``(batch*heads, 1, keys)``."""
+    """``BloomAttention.forward`` with the blocked core. ``alibi`` (the model's ``slope x position``,
+    rounded to its dtype) is not read: the bias is formed from the call's slopes and relative positions."""
     _no_attention_weights(output_attentions)
     batch_size, q_length, _ = hidden_states.shape
     query, key, value = self._reshape(self.query_key_value(hidden_states))
     if layer_past is not None:
         key, value = layer_past.update(key, value, self.layer_idx)
     # BLOOM: alibi.baddbmm(q, k^T, beta=self.beta, alpha=1/sqrt(head_dim)): the bias is not scaled
-    key_bias = alibi.view(batch_size, self.num_heads, 1, -1)
+    slopes = active_slopes(device=query.device)
     if self.beta != 1.0:
-        key_bias = key_bias * self.beta
-    context = _attend(query, key, value, key_bias, attention_mask, self.inv_norm_factor, active_slopes() * self.beta)
+        slopes = slopes * self.beta
+    bias = AlibiBias.linear(_counted_positions(attention_mask, key.shape[-2], query.device), slopes)
+    context = _attend(query, key, value, bias, attention_mask, self.inv_norm_factor, slopes)
     context = context.transpose(1, 2).reshape(batch_size, q_length, self.num_heads * self.head_dim)
     if self.pretraining_tp > 1 and self.slow_but_exact:
         slices = self.hidden_size / self.pretraining_tp
@@ -311,7 +357,8 @@ def bloom_attention_forward(self, hidden_states, residual, alibi, attention_mask
 
 
 def mpt_attention_forward(self, hidden_states, position_bias, cache=None, attention_mask=None, **kwargs):
-    """``MptAttention.forward`` with the blocked core; ``position_bias`` is ``(heads, 1, positions)``."""
+    """``MptAttention.forward`` with the blocked core. ``position_bias`` (``slope x (j - last key)``)
+    is not read: the bias is formed from the call's slopes and relative indices, as MPT's counts them."""
     batch_size, seq_length = hidden_states.shape[:2]
     mixed_qkv = self.Wqkv(hidden_states)
     if self.clip_qkv:
@@ -322,17 +369,11 @@ def mpt_attention_forward(self, hidden_states, position_bias, cache=None, attent
     value = value.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
     if cache is not None:
         key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)
-    key_length = key.shape[-2]
-    if position_bias.shape[-1] < key_length:
-        raise ValueError(
-            f"MPT's ALiBi bias covers {position_bias.shape[-1]} positions (config.max_seq_len) but the attention "
-            f"sees {key_length} keys; raise max_seq_len (ctx-hf does so from max_length)."
-        )
-    # as MPT slices it: the last key_length positions (distance 0 at the last key)
-    key_bias = position_bias[:, :, position_bias.shape[-1] - key_length:][None]
+    slopes = active_slopes(device=query.device)
+    bias = AlibiBias.linear(torch.arange(key.shape[-2], device=query.device)[None], slopes)
     if isinstance(attention_mask, torch.Tensor):
         attention_mask = ~attention_mask.to(torch.bool)  # MPT's boolean mask is True where masked
-    context = _attend(query, key, value, key_bias, attention_mask, self.softmax_scale, active_slopes())
+    context = _attend(query, key, value, bias, attention_mask, self.softmax_scale, slopes)
     context = context.permute(0, 2, 1, 3).reshape(batch_size, seq_length, -1)
     return self.out_proj(context), None
 
@@ -340,6 +381,8 @@ def mpt_attention_forward(self, hidden_states, position_bias, cache=None, attent
 def falcon_alibi(slopes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Falcon's ALiBi bias ``(batch, heads, keys)``, as its ``build_alibi_tensor`` forms it: the
     slopes rounded to bfloat16 times each key's position, in bfloat16 (whatever the model's dtype).
+    This rounding is the model's definition (the same in float32); the blocked attention takes
+    these values as its :class:`AlibiBias` grid and differences them per row in float32.
 
     ``slopes``: ``(heads,)``; ``positions``: ``(batch or 1, keys)`` integer positions."""
     return slopes[..., None].bfloat16() * positions[:, None, :]
@@ -366,7 +409,8 @@ def falcon_attention_forward(self, hidden_states, attention_mask=None, position_
     """``FalconAttention.forward`` (ALiBi) with the blocked core.
 
     The bias is formed here, per key, from the running call's slopes and the mask's positions
-    (:func:`falcon_alibi`, scaled by ``1/sqrt(head_dim)`` as Falcon's model scales it): during a
+    (:func:`falcon_alibi`, in float32 whatever the model's dtype, relative to each query's own
+    value, scaled by ``1/sqrt(head_dim)`` as Falcon's model scales it): during a
     blocked call the model builds none (``alibi`` is None; see
     :func:`lmeval_ctx.extension.alibi.install.falcon_slope_dispatcher`), so it folds none into a
     dense mask. Before transformers 5.25 the model passed ``alibi`` to the attention; since, the
@@ -379,12 +423,9 @@ def falcon_attention_forward(self, hidden_states, attention_mask=None, position_
     query, key, value = _falcon_qkv(self, hidden_states)
     if layer_past is not None:
         key, value = layer_past.update(key, value, self.layer_idx)
-    positions = (attention_mask.key_positions() if attention_mask is not None
-                 else torch.arange(key.shape[-2], device=key.device)[None])
-    slopes = active_slopes(bfloat16=True)
-    alibi = falcon_alibi(slopes.to(positions.device), positions).to(query.dtype)
-    key_bias = alibi[:, :, None, :] / math.sqrt(self.head_dim)
-    context = _attend(query, key, value, key_bias, attention_mask, self.inv_norm_factor,
-                      slopes * self.inv_norm_factor)
+    slopes = active_slopes(bfloat16=True, device=query.device)
+    grid = falcon_alibi(slopes, _counted_positions(attention_mask, key.shape[-2], query.device)).float()
+    bias = AlibiBias(grid, torch.full_like(slopes, 1 / math.sqrt(self.head_dim)))
+    context = _attend(query, key, value, bias, attention_mask, self.inv_norm_factor, slopes * self.inv_norm_factor)
     context = context.transpose(1, 2).reshape(batch_size, query_length, self.num_heads * self.head_dim)
     return self.dense(context), None

@@ -11,7 +11,7 @@ so causal masking, padding, KV-cache offsets and packed sequences are transforme
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -43,6 +43,8 @@ class RowBlockMask:
     padding: torch.Tensor | None  # (batch, keys) bool, True for real tokens
     use_vmap: bool
     device: torch.device | str
+    # key_positions(), computed by the first layer that asks and shared by the others
+    _positions: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def to(self, *args, **kwargs) -> "RowBlockMask":
         """MPT's model casts its mask with ``.to(torch.bool)``; the rows are boolean already."""
@@ -61,11 +63,14 @@ class RowBlockMask:
     def key_positions(self) -> torch.Tensor:
         """``(batch or 1, keys)``: each key's position, counting the real tokens before it (as BLOOM
         and Falcon count their ALiBi positions), so left padding does not move a token."""
-        if self.padding is None:
-            return torch.arange(self.kv_length, device=self.device)[None]
-        padding = prepare_padding_mask(self.padding, self.kv_length, self.kv_offset).to(self.device)
-        counted = padding.to(torch.int64).cumsum(dim=-1) - 1
-        return counted[:, self.kv_offset:self.kv_offset + self.kv_length]
+        if self._positions is None:
+            if self.padding is None:
+                self._positions = torch.arange(self.kv_length, device=self.device)[None]
+            else:
+                padding = prepare_padding_mask(self.padding, self.kv_length, self.kv_offset).to(self.device)
+                counted = padding.to(torch.int64).cumsum(dim=-1) - 1
+                self._positions = counted[:, self.kv_offset:self.kv_offset + self.kv_length]
+        return self._positions
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         return sdpa_mask(

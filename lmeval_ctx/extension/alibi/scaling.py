@@ -106,6 +106,8 @@ class RunningCall:
     setting: AlibiSetting
     key_length: int  # keys visible to the last query: cached + new tokens
     slopes: tuple[float, ...]  # the scaling's slopes at key_length (dynamic_ntk depends on it)
+    # (device, bfloat16) -> the slopes as a tensor there: copied once per call, read by every layer
+    on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def scaled(self) -> bool:
@@ -144,16 +146,20 @@ def attention_choice() -> str:
     return "transformers" if call is None else call.setting.attention
 
 
-def active_slopes(bfloat16: bool = False) -> torch.Tensor:
-    """The per-head slopes of the running scaled model's current call (float32, on the CPU).
+def active_slopes(bfloat16: bool = False, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The per-head slopes of the running scaled model's current call, float32 on ``device``.
 
+    Made once per call and device and shared by every layer (read-only: do not modify in place).
     ``bfloat16``: rounded as Falcon rounds its slopes.
     """
     call = running_call()
     if call is None:
         raise RuntimeError("active_slopes() is only defined during the forward pass of a model with ALiBi installed.")
-    slopes = torch.tensor(call.slopes, dtype=torch.float32)
-    return slopes.bfloat16().float() if bfloat16 else slopes
+    where = (torch.device(device), bfloat16)
+    if where not in call.on_device:
+        slopes = torch.tensor(call.slopes, dtype=torch.float32)
+        call.on_device[where] = (slopes.bfloat16().float() if bfloat16 else slopes).to(where[0])
+    return call.on_device[where]
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class AlibiPositionMethod:
     method: str  # a key of ATTENTION_METHOD_REGISTRY
     options: dict  # its resolved options (resolve_attention_options)
     original_length: int  # L, the trained length
-    slopes: torch.Tensor  # (heads,) float32: the slopes in the units of the key bias (model's scale applied)
+    slopes: torch.Tensor  # (heads,) float32: the slopes in the units of the scaled scores (model's scale applied)
 
     def changes(self, largest_distance: int) -> bool:
         """Does the method change any pair whose distance is at most ``largest_distance``?"""
@@ -192,7 +198,7 @@ class AlibiPositionMethod:
 def active_position_method(slopes: torch.Tensor) -> AlibiPositionMethod | None:
     """The running model's attention-level method (``lm_infinite``) in its ALiBi form, or None.
 
-    ``slopes``: the current call's slopes in the units of the attention's key bias.
+    ``slopes``: the current call's slopes in the units of the attention's scaled scores.
     """
     call = running_call()
     if call is None or call.setting.scaling.method not in ALIBI_ATTENTION_METHODS:
