@@ -45,7 +45,7 @@ from lmeval_ctx.methods.catalog import (
     canonical_method,
     validate_factor,
 )
-from lmeval_ctx.methods.rope import validate_rope_options
+from lmeval_ctx.methods.rope import LIST_OPTIONS, read_rope_options, validate_rope_options
 
 # Options only the attention-level methods take; kept as given (the registry converts them).
 ATTENTION_ONLY_OPTIONS = frozenset().union(*ATTENTION_METHOD_OPTIONS.values())
@@ -232,8 +232,8 @@ def _method_options(options: dict, method: str, family: str, model_type: str) ->
             f"methods'); this {model_type} model uses {family} positions. Remove them"
             + (f" (scaling={method} takes {', '.join(sorted(alibi_takes))} here)." if alibi_takes else ".")
         )
-    return {k: (v if k in ATTENTION_ONLY_OPTIONS else True if k == "logn" else float(v))
-            for k, v in options.items() if v is not None}
+    return read_rope_options(method, {k: (v if k in ATTENTION_ONLY_OPTIONS | LIST_OPTIONS else True if k == "logn"
+                                          else float(v)) for k, v in options.items() if v is not None})
 
 
 def _absolute_positions(cfg, method: str, requested: str, factor, window: int | None) -> ContextExtension:

@@ -29,6 +29,13 @@ Methods (formulas and defaults: docs/attention_methods.md):
   Models", arXiv:2402.17463; ChunkLlama): chunks of ``s`` positions; ``rel = i - j`` inside a
   chunk and for the first ``w`` queries of a chunk against the chunk before, else
   ``rel = (L - 1) - (j mod s)``.
+- ``string`` (An et al. 2024, "Why Does the Effective Context Length of LLMs Fall Short?",
+  arXiv:2410.18745): ``rel = i - j`` below the shift ``S``, else ``i - j - S + W``: the far pairs
+  continue after a small local window ``W``, on well-trained positions.
+- ``streaming_llm`` (Xiao et al. 2023, "Efficient Streaming Language Models with Attention
+  Sinks", arXiv:2309.17453): the first ``n_sink`` keys and the last ``window`` keys (the query's
+  own included) visible, LM-Infinite's Λ mask; positions counted inside that cache: a recent key
+  keeps ``i - j``, a sink key ``j`` is at ``min(i, n_sink + window - 1) - j``.
 
 Positions are tensors that broadcast against each other (queries ``(..., Q, 1)``, keys
 ``(..., 1, K)``); nothing here imports transformers.
@@ -113,20 +120,70 @@ def dual_chunk(query_positions, key_positions, *, chunk_size: int, local_window:
                               torch.remainder(key_positions, chunk_size).to(torch.float64))
 
 
+def lambda_mask(query_positions, key_positions, first: int, last: int) -> torch.Tensor:
+    """The Λ-shaped mask of LM-Infinite and StreamingLLM: key ``j`` visible to query ``i`` iff it is
+    one of the ``first`` positions (the global tokens, the attention sinks) or one of the ``last``
+    keys up to the query (``i - j < last``)."""
+    return (query_positions - key_positions < last) | (key_positions < first)
+
+
 def lm_infinite(query_positions, key_positions, *, global_tokens: int, local_window: int,
                 original_length: int) -> PositionAssignment:
     """LM-Infinite (Han et al. 2023): the Λ-shaped mask (the first ``global_tokens`` positions
     and the last ``local_window`` keys) and the distance ceiling ``rel = min(i - j, L)``."""
     distance = query_positions - key_positions
-    visible = (distance < local_window) | (key_positions < global_tokens)
     return PositionAssignment(distance <= original_length,
                               torch.full_like(query_positions, original_length, dtype=torch.float64),
-                              torch.zeros_like(key_positions, dtype=torch.float64), visible)
+                              torch.zeros_like(key_positions, dtype=torch.float64),
+                              lambda_mask(query_positions, key_positions, global_tokens, local_window))
+
+
+def string(query_positions, key_positions, *, shift: int, local_window: int, original_length: int
+           ) -> PositionAssignment:
+    """STRING (An et al. 2024, eq. 3): ``rel = i - j`` for ``i - j < S``, else ``i - j - S + W``: the
+    query moved back to ``i - S + W``, the key where it is (as ReRoPE, with a query moved by
+    ``-(S - W)`` instead of to a fixed position)."""
+    return PositionAssignment(query_positions - key_positions < shift,
+                              query_positions.to(torch.float64) - (shift - local_window),
+                              key_positions.to(torch.float64))
+
+
+def streaming_llm(query_positions, key_positions, *, n_sink: int, window: int, original_length: int
+                  ) -> PositionAssignment:
+    """StreamingLLM (Xiao et al. 2023, §3.2): a cache of the ``n_sink`` first tokens and the
+    ``window`` most recent ones (the query's own included), positions counted inside the cache.
+    A full cache puts the sinks at ``0 .. n_sink - 1`` and the query at ``n_sink + window - 1``, so
+    a recent key keeps ``i - j`` and a sink key ``j`` is at ``n_sink + window - 1 - j``; until the
+    cache fills (``i < n_sink + window``) every token is in it at its true position. Both cases:
+    the query at ``min(i, n_sink + window - 1)`` against a sink, the key at ``j``."""
+    return PositionAssignment(query_positions - key_positions < window,
+                              torch.clamp(query_positions, max=n_sink + window - 1).to(torch.float64),
+                              key_positions.to(torch.float64),
+                              lambda_mask(query_positions, key_positions, n_sink, window))
 
 
 # Defaults from the papers: LM-Infinite's n_global = 10 (they report 10 to 100 all work) and
 # n_local = the trained length.
 LM_INFINITE_GLOBAL_TOKENS = 10
+
+
+# StreamingLLM's four attention sinks (Xiao et al. 2023, §3.2: "four initial tokens as attention sinks").
+STREAMING_LLM_SINKS = 4
+# STRING's defaults (the authors' code, HKUNLP/STRING: shifted_offset = int(0.33 * L),
+# small_local_value = 128); W shrinks for short trained windows so that it stays at most S / 4.
+STRING_SHIFT_RATIO, STRING_LOCAL_WINDOW = 0.33, 128
+
+
+def string_default_shift(original_length: int) -> int:
+    """STRING's default shift for a trained length ``L``: ``S = int(0.33 L)`` (at least 1)."""
+    return max(1, int(STRING_SHIFT_RATIO * original_length))
+
+
+def string_default_local_window(shift: int) -> int:
+    """STRING's default local window for a shift ``S``: ``W = min(128, S // 4)``: the authors' 128
+    wherever ``S >= 512`` (every trained length from 1552 on, theirs included), and for the short
+    windows of small models a quarter of the shift, so the far pairs still move well back."""
+    return min(STRING_LOCAL_WINDOW, shift // 4)
 
 
 def dual_chunk_default_chunk_size(original_length: int) -> int:
@@ -244,6 +301,41 @@ def _dual_chunk_options(options: dict, L: int, max_length: int | None) -> dict:
     return {"chunk_size": chunk, "local_window": local}
 
 
+def _string_options(options: dict, L: int, max_length: int | None) -> dict:
+    """STRING's shift ``S`` and local window ``W`` (defaults :func:`string_default_shift`,
+    :func:`string_default_local_window`), checked so that ``W < S <= L``: the near pairs keep trained
+    distances below ``S``, the far ones start at ``W``."""
+    default_shift = string_default_shift(L)
+    given_shift, given_local = options.get("shift"), options.get("local_window")
+    shift = default_shift if given_shift is None else _whole(given_shift, "shift", 1)
+    if shift > L:
+        raise ValueError(f"shift={shift} must be at most original_max_length={L}: pairs closer than the shift keep "
+                         f"their distance, which the model must have been trained on. Use shift <= {L} (the "
+                         f"authors' default: {default_shift}, 0.33 of it).")
+    local = string_default_local_window(shift) if given_local is None else _whole(given_local, "local_window", 0)
+    if local >= shift:
+        raise ValueError(f"local_window={local} must be smaller than shift={shift}: a far pair (distance d >= shift) "
+                         f"is moved to d - shift + local_window, which must be a move back. Use local_window <= "
+                         f"{shift - 1} (the authors use 128 with shift = 0.33 x the trained length).")
+    return {"shift": shift, "local_window": local}
+
+
+def _streaming_llm_options(options: dict, L: int, max_length: int | None) -> dict:
+    """StreamingLLM's ``n_sink`` (default 4) and ``window`` (default ``L - n_sink``, a cache as long as
+    the trained window), checked so that the cache's positions stay trained: ``n_sink + window <= L``."""
+    given_sink, given_window = options.get("n_sink"), options.get("window")
+    sinks = STREAMING_LLM_SINKS if given_sink is None else _whole(given_sink, "n_sink", 0)
+    if sinks >= L:
+        raise ValueError(f"n_sink={sinks} must be smaller than original_max_length={L}: the cache holds the sinks "
+                         f"and a window of recent tokens within the trained length. Use n_sink={STREAMING_LLM_SINKS}.")
+    window = L - sinks if given_window is None else _whole(given_window, "window", 1)
+    if sinks + window > L:
+        raise ValueError(f"n_sink={sinks} with window={window} makes a cache of {sinks + window} positions, beyond "
+                         f"original_max_length={L}: the query would sit at position {sinks + window - 1}, which the "
+                         f"model was not trained on. Use window <= {L - sinks}.")
+    return {"n_sink": sinks, "window": window}
+
+
 @dataclass(frozen=True)
 class AttentionMethod:
     """One registry entry: the assignment, its options, and the distances it leaves as they are."""
@@ -271,6 +363,10 @@ ATTENTION_METHOD_REGISTRY: dict[str, AttentionMethod] = {
     # successive chunks with the query's offset i mod s <= d - 1 < w; a changed pair has d >= w + 1
     "dual_chunk": AttentionMethod(dual_chunk, _dual_chunk_options, lambda o, L: o["local_window"],
                                   unchanged_below=lambda o, L: o["chunk_size"]),
+    "string": AttentionMethod(string, _string_options, lambda o, L: o["shift"] - 1),
+    # until the cache fills (queries below n_sink + window) every key is in it at its true position
+    "streaming_llm": AttentionMethod(streaming_llm, _streaming_llm_options, lambda o, L: o["window"] - 1,
+                                     unchanged_below=lambda o, L: o["n_sink"] + o["window"]),
 }
 assert tuple(ATTENTION_METHOD_REGISTRY) == ATTENTION_METHODS
 

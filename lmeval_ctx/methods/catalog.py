@@ -50,6 +50,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="Llama 3.1's frequency-band rescaling"),
     Method("ntk_by_parts", "frequencies", _ROPE_ONLY, ("beta_fast", "beta_slow"),
            summary="NTK-by-parts (bloc97 2023), YaRN without its temperature"),
+    Method("longrope", "frequencies", _ROPE_ONLY, ("short_factor", "long_factor", "longrope_factors",
+                                                   "attention_factor"), length_dependent=True,
+           summary="LongRoPE's per-frequency factors, short and long (Ding et al. 2024; Phi-3)"),
     Method("rerope", "attention", _ROPE_ONLY, ("window",), summary="ReRoPE (Su 2023)"),
     Method("leaky_rerope", "attention", _ROPE_ONLY, ("window", "leak"), summary="Leaky ReRoPE (Su 2023)"),
     Method("self_extend", "attention", _ROPE_ONLY, ("group_size", "neighbor_window"), aliases=("selfextend",),
@@ -58,6 +61,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="LM-Infinite's Λ mask and distance ceiling (Han et al. 2023)"),
     Method("dual_chunk", "attention", _ROPE_ONLY, ("chunk_size", "local_window"),
            summary="dual chunk attention (An et al. 2024)"),
+    Method("string", "attention", _ROPE_ONLY, ("shift", "local_window"),
+           summary="STRING, far positions shifted onto trained ones (An et al. 2024)"),
+    Method("streaming_llm", "attention", _ROPE_ONLY, ("n_sink", "window"), aliases=("streamingllm",),
+           summary="StreamingLLM's attention sinks and recent window (Xiao et al. 2023)"),
 )}
 
 # Options every RoPE method combines with: a base override (applied before the method) and

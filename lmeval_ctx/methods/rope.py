@@ -16,6 +16,8 @@ project's docs/methods.md. References:
   Language Models", arXiv:2309.00071; NTK-by-parts (bloc97) is its frequency
   ramp without the attention temperature.
 - llama3: Meta's Llama 3.1 rope scaling (transformers ``llama3`` rope type).
+- LongRoPE: Ding et al. 2024, "LongRoPE: Extending LLM Context Window Beyond 2
+  Million Tokens", arXiv:2402.13753 (transformers ``longrope``, as Phi-3 ships it).
 
 Two modifiers combine with every method: ``rope_theta`` (a base override, as
 HELMET offers, applied to the base parameters before the method) and ``logn``
@@ -24,6 +26,9 @@ HELMET offers, applied to the base parameters before the method) and ``logn``
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Callable
 
 from lmeval_ctx.methods.catalog import MODIFIER_OPTIONS, ROPE_METHOD_OPTIONS
@@ -135,6 +140,27 @@ def attention_method_rope_parameters(base: dict, factor: float | None, original_
     return {**base, "rope_type": "default"}
 
 
+def longrope_rope_parameters(base: dict, factor: float, original_max_position_embeddings: int,
+                             rotary_dim: int, options: dict) -> dict:
+    """LongRoPE (Ding et al. 2024; transformers ``longrope``): frequency ``j`` divided by its own
+    factor, ``theta'_j = theta_j / lambda_j``, from ``long_factor`` when the input is longer than
+    the original length and from ``short_factor`` otherwise; cos/sin scaled by ``attention_factor``
+    (default ``sqrt(1 + ln s / ln L)``, transformers'). ``options`` holds the lists as
+    :func:`longrope_options` made them; one factor per frequency, ``rotary_dim / 2`` of them."""
+    for name in LONGROPE_LISTS:
+        if len(options[name]) != rotary_dim // 2:
+            raise ValueError(
+                f"{name} has {len(options[name])} numbers, but this model rotates {rotary_dim} dimensions per head: "
+                f"LongRoPE takes one factor per frequency, rotary_dim / 2 = {rotary_dim // 2} of them. Give lists "
+                f"of {rotary_dim // 2} (a Phi-3 model's own lists only fit models of its head size).")
+    params = {**base, "rope_type": "longrope", "factor": float(factor),
+              "original_max_position_embeddings": int(original_max_position_embeddings),
+              **{name: [float(x) for x in options[name]] for name in LONGROPE_LISTS}}
+    if options.get("attention_factor") is not None:
+        params["attention_factor"] = float(options["attention_factor"])
+    return params
+
+
 RopeMethod = Callable[[dict, float, int, int, dict], dict]
 
 # The methods that change the frequencies (``none`` leaves the config as it is).
@@ -145,6 +171,7 @@ ROPE_METHODS: dict[str, RopeMethod] = {
     "yarn": yarn_rope_parameters,
     "llama3": llama3_rope_parameters,
     "ntk_by_parts": ntk_by_parts_rope_parameters,
+    "longrope": longrope_rope_parameters,
 }
 
 LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}  # Llama 3.1's
@@ -154,8 +181,72 @@ def llama3_option(options: dict, key: str) -> float:
     """``options[key]``, or Llama 3.1's value where not given."""
     return float(LLAMA3_DEFAULTS[key] if options.get(key) is None else options[key])
 
+# LongRoPE's lists, and the file that may hold them: given as text (lm-eval's --model_args splits
+# on commas, so a list is written with ';'), turned into lists of numbers by longrope_options.
+LONGROPE_LISTS = ("short_factor", "long_factor")
+LONGROPE_FILE = "longrope_factors"
+LIST_OPTIONS = frozenset({*LONGROPE_LISTS, LONGROPE_FILE})
 # The options above that are positive numbers (the attention methods' own are checked by their registry).
-POSITIVE_NUMBER_OPTIONS = frozenset().union(*ROPE_METHOD_OPTIONS.values(), {"rope_theta"})
+POSITIVE_NUMBER_OPTIONS = frozenset().union(*ROPE_METHOD_OPTIONS.values(), {"rope_theta"}) - LIST_OPTIONS
+
+
+def _factor_list(value, name: str) -> list[float]:
+    """A LongRoPE factor list from a list, one number, or numbers separated by ``;``."""
+    if isinstance(value, str):
+        items = [part for part in value.strip().strip("[]").split(";") if part.strip()]
+    else:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        numbers = [float(item) for item in items]
+    except (TypeError, ValueError):
+        numbers = []
+    if not numbers or not all(math.isfinite(x) and x > 0 for x in numbers) or any(isinstance(x, bool) for x in items):
+        raise ValueError(
+            f"{name}={value!r} is not a list of positive numbers. Write it as numbers separated by ';' (lm-eval's "
+            f"--model_args splits on commas), e.g. {name}=1.0;1.02;1.05, or give a JSON file: {LONGROPE_FILE}=<path>.")
+    return numbers
+
+
+def _factors_file(path) -> dict:
+    """``short_factor`` and ``long_factor`` from a JSON file: an object holding both lists, or a
+    checkpoint's ``config.json`` holding them under ``rope_parameters`` or ``rope_scaling``."""
+    try:
+        data = json.loads(Path(str(path)).expanduser().read_text())
+    except OSError as error:
+        raise ValueError(f"{LONGROPE_FILE}={path!r} cannot be read ({error.strerror or error}). Give the path of a "
+                         "JSON file holding short_factor and long_factor lists.") from None
+    except ValueError as error:
+        raise ValueError(f"{LONGROPE_FILE}={path!r} is not JSON ({error}). Give a JSON object holding "
+                         "short_factor and long_factor lists.") from None
+    holders = [data, data.get("rope_parameters"), data.get("rope_scaling")] if isinstance(data, dict) else []
+    for holder in holders:
+        if isinstance(holder, dict) and all(name in holder for name in LONGROPE_LISTS):
+            return {name: holder[name] for name in LONGROPE_LISTS}
+    raise ValueError(f"{LONGROPE_FILE}={path!r} holds no short_factor and long_factor lists (looked at the top "
+                     "level, rope_parameters and rope_scaling). Write them as "
+                     '{"short_factor": [...], "long_factor": [...]}.')
+
+
+def longrope_options(options: dict) -> dict:
+    """LongRoPE's options with ``short_factor`` and ``long_factor`` as lists of numbers, read from
+    the text given or from the ``longrope_factors`` file (which is then dropped: the lists are
+    what runs); ValueError naming the fix."""
+    given = {name: options[name] for name in LONGROPE_LISTS if options.get(name) is not None}
+    path = options.get(LONGROPE_FILE)
+    if path is not None and given:
+        raise ValueError(f"{', '.join(given)} and {LONGROPE_FILE}={path!r} both give LongRoPE factors: give the "
+                         "lists in one place.")
+    if path is not None:
+        given = _factors_file(path)
+    if set(given) != set(LONGROPE_LISTS):
+        raise ValueError("scaling=longrope needs both factor lists, one factor per rotary frequency: "
+                         "short_factor=<a;b;...> and long_factor=<a;b;...>, or "
+                         f"{LONGROPE_FILE}=<a JSON file holding both, e.g. a Phi-3 config.json>.")
+    lists = {name: _factor_list(given[name], name) for name in LONGROPE_LISTS}
+    if len(lists["short_factor"]) != len(lists["long_factor"]):
+        raise ValueError(f"short_factor has {len(lists['short_factor'])} numbers and long_factor "
+                         f"{len(lists['long_factor'])}: both hold one factor per rotary frequency.")
+    return {**{k: v for k, v in options.items() if k != LONGROPE_FILE}, **lists}
 
 
 def validate_rope_options(method: str, options: dict, method_options: dict | None = None) -> None:
@@ -196,3 +287,14 @@ def validate_rope_options(method: str, options: dict, method_options: dict | Non
                 "wavelengths L/high_freq_factor and L/low_freq_factor; Llama 3.1 uses low_freq_factor=1, "
                 "high_freq_factor=4)."
             )
+
+
+# Methods whose options are more than numbers, each with the function that reads them.
+_OPTION_READERS: dict[str, Callable[[dict], dict]] = {"longrope": longrope_options}
+
+
+def read_rope_options(method: str, options: dict) -> dict:
+    """``options`` (numbers already converted) as ``method`` runs them: LongRoPE's lists read by
+    :func:`longrope_options`; every other method's as given."""
+    reader = _OPTION_READERS.get(method)
+    return options if reader is None else reader(options)

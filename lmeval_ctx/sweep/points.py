@@ -97,8 +97,11 @@ class SweepPoint:
         never print alike), so two points share a folder only when their settings are equal.
         """
         base = self.method if self.factor is None else f"{self.method}_x{self.label}"
-        return base + "".join(f"{NAME_PARAMETER_SEPARATOR}{key}{NAME_VALUE_SEPARATOR}{format_value(value)}"
+        name = base + "".join(f"{NAME_PARAMETER_SEPARATOR}{key}{NAME_VALUE_SEPARATOR}{format_value(value)}"
                               for key, value in self.params)
+        # lm-eval takes an --output_path ending in .json for a results file, not a folder; a
+        # trailing separator (which no parameter writes) keeps such a name a folder and distinct
+        return name + NAME_PARAMETER_SEPARATOR if name.lower().endswith(".json") else name
 
     @property
     def model_args(self) -> dict:

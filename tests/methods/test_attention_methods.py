@@ -38,6 +38,19 @@ def rel_dual_chunk(i, j, o):
     return query - j % s
 
 
+def streaming_llm_cache(i, o) -> dict:
+    """StreamingLLM's cache when token i is attended (Xiao et al. 2023, §3.2): {token: slot}; every
+    token until it holds n_sink + window, then the sinks and the last `window` tokens."""
+    n, w = o["n_sink"], o["window"]
+    tokens = list(range(i + 1)) if i < n + w else list(range(n)) + list(range(i - w + 1, i + 1))
+    return {token: slot for slot, token in enumerate(tokens)}
+
+
+def rel_streaming_llm(i, j, o):
+    slots = streaming_llm_cache(i, o)
+    return slots[i] - slots[j]
+
+
 # (options, rel(i, j) as each paper defines it, visible(i, j) or None), written pair by pair
 DEFINITIONS = {
     "rerope": (dict(window=16), lambda i, j, o: min(i - j, o["window"]), None),
@@ -52,6 +65,12 @@ DEFINITIONS = {
                     lambda i, j, o: i - j < o["local_window"] or j < o["global_tokens"]),
     # 200 positions in chunks of 24: intra-, successive- and inter-chunk pairs all occur
     "dual_chunk": (dict(chunk_size=24, local_window=8), rel_dual_chunk, None),
+    # STRING (An et al. 2024, eq. 3)
+    "string": (dict(shift=20, local_window=6),
+               lambda i, j, o: i - j if i - j < o["shift"] else i - j - o["shift"] + o["local_window"], None),
+    # the cache fills at query 33: queries before and after it
+    "streaming_llm": (dict(n_sink=4, window=30), rel_streaming_llm,
+                      lambda i, j, o: j in streaming_llm_cache(i, o)),
 }
 
 
@@ -70,16 +89,18 @@ def test_relative_positions_are_the_papers(method):
     options, rel, visible = DEFINITIONS[method]
     assignment = assign_positions(method, options, L, I, J)
     got = relative_positions(assignment, I, J)
-    pairs = [(i, j) for i, j in itertools.product(range(N), repeat=2) if j <= i]
-    expected = torch.zeros(N, N, dtype=torch.float64)
-    for i, j in pairs:
-        expected[i, j] = rel(i, j, options)
-    torch.testing.assert_close(got[CAUSAL], expected[CAUSAL], rtol=0, atol=1e-12)
+    shown = CAUSAL.clone()  # the pairs whose position matters: causal and visible
     if visible is None:
         assert assignment.visible is None
     else:
         want = torch.tensor([[bool(visible(i, j, options)) for j in range(N)] for i in range(N)])
         assert torch.equal(assignment.visible.expand(N, N)[CAUSAL], want[CAUSAL])
+        shown &= want
+    expected = torch.zeros(N, N, dtype=torch.float64)
+    for i, j in itertools.product(range(N), repeat=2):
+        if shown[i, j]:
+            expected[i, j] = rel(i, j, options)
+    torch.testing.assert_close(got[shown], expected[shown], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
@@ -113,8 +134,18 @@ def test_dual_chunk_leaves_its_first_chunk_unchanged():
     unchanged = (relative_positions(assignment, I, J) == (I - J)) & CAUSAL
     assert unchanged[:24][CAUSAL[:24]].all()
     assert not unchanged[24, 23] and relative_positions(assignment, I, J)[24, 23] == L - 1 - 23
-    # no other method has such a bound
-    assert [m for m, entry in ATTENTION_METHOD_REGISTRY.items() if entry.unchanged_below] == ["dual_chunk"]
+    # besides StreamingLLM's (below n_sink + window the cache holds every token), no other method has such a bound
+    assert [m for m, entry in ATTENTION_METHOD_REGISTRY.items() if entry.unchanged_below] == ["dual_chunk",
+                                                                                              "streaming_llm"]
+
+
+def test_streaming_llm_changes_nothing_until_its_cache_fills():
+    options = DEFINITIONS["streaming_llm"][0]
+    assert ATTENTION_METHOD_REGISTRY["streaming_llm"].unchanged_below(options, L) == 34
+    assignment = assign_positions("streaming_llm", options, L, I, J)
+    unchanged = (relative_positions(assignment, I, J) == (I - J)) & assignment.visible & CAUSAL
+    assert unchanged[:34][CAUSAL[:34]].all()
+    assert not assignment.visible[34, 0 + 4]  # query 34: key 4 has left the window, past the sinks
 
 
 def test_dual_chunk_relative_positions_stay_below_the_trained_length():
@@ -189,7 +220,8 @@ def test_requests_through_resolve_extension():
         resolve_extension(llama, scaling="rerope", window=16, factor=2)
     with pytest.raises(ValueError, match="group_size only apply to scaling=self_extend, not scaling=rerope"):
         resolve_extension(llama, scaling="rerope", window=16, group_size=2)
-    with pytest.raises(ValueError, match="window only apply to scaling=rerope or leaky_rerope, not scaling=none"):
+    with pytest.raises(ValueError, match="window only apply to scaling=rerope or leaky_rerope or streaming_llm, "
+                                         "not scaling=none"):
         resolve_extension(llama, window=16)
     with pytest.raises(ValueError, match=r"scaling='dual_chunk'.*ALiBi"):
         resolve_extension(transformers.BloomConfig(), scaling="dual_chunk", original_max_length=2048)

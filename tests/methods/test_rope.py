@@ -33,8 +33,15 @@ def formula_theta(theta=THETA, d=HEAD_DIM) -> torch.Tensor:
     return theta ** (-2.0 * torch.arange(d // 2, dtype=torch.float64) / d)
 
 
+# LongRoPE's lists for HEAD_DIM / 2 frequencies: short ones 1 (as Phi-3's nearly are), long ones
+# rising to the factor 4 over the low frequencies
+LONGROPE_OPTIONS = {"short_factor": [1.0] * (HEAD_DIM // 2),
+                    "long_factor": [1.0 + 3.0 * j / (HEAD_DIM // 2 - 1) for j in range(HEAD_DIM // 2)]}
+
+
 def scaled(method: str, factor: float, options=None) -> dict:
-    return ROPE_METHODS[method]({"rope_theta": THETA}, factor, L, HEAD_DIM, options or {})
+    options = {**(LONGROPE_OPTIONS if method == "longrope" else {}), **(options or {})}
+    return ROPE_METHODS[method]({"rope_theta": THETA}, factor, L, HEAD_DIM, options)
 
 
 def test_none_writes_nothing_and_is_default_rope():
@@ -162,11 +169,12 @@ def test_rope_option_validation():
 
 
 def test_every_registered_method_changes_the_frequencies():
-    """The registry holds the six rescalings, and each slows the lowest frequency (the longest
+    """The registry holds the seven rescalings, and each slows the lowest frequency (the longest
     wavelength grows with the context) as transformers computes it from the written parameters;
     none raises a frequency. scaling=none writes nothing and has no entry. Dynamic NTK changes
-    nothing up to the trained length, so it is read at four times that length."""
-    assert set(ROPE_METHODS) == {"pi", "ntk", "dynamic_ntk", "yarn", "llama3", "ntk_by_parts"}
+    nothing up to the trained length, and LongRoPE takes its long factors beyond it, so they are
+    read at four times that length."""
+    assert set(ROPE_METHODS) == {"pi", "ntk", "dynamic_ntk", "yarn", "llama3", "ntk_by_parts", "longrope"}
     theta = formula_theta()
     for method in ROPE_METHODS:
         inv, _ = transformers_inv_freq(scaled(method, 4.0), seq_len=4 * L)
@@ -178,8 +186,8 @@ def test_every_registered_method_changes_the_frequencies():
 # Who each RoPE method is due to, written out here: its function's docstring names it, and the
 # module docstring cites the paper by its arXiv number where there is one (as docs/methods.md does).
 AUTHORS = {"pi": "Chen et al. 2023", "ntk": "bloc97", "dynamic_ntk": "emozilla", "yarn": "Peng et al. 2023",
-           "llama3": "Llama 3.1", "ntk_by_parts": "bloc97"}
-PAPERS = {"pi": "2306.15595", "yarn": "2309.00071", "ntk_by_parts": "2309.00071"}
+           "llama3": "Llama 3.1", "ntk_by_parts": "bloc97", "longrope": "Ding et al. 2024"}
+PAPERS = {"pi": "2306.15595", "yarn": "2309.00071", "ntk_by_parts": "2309.00071", "longrope": "2402.13753"}
 
 
 def test_the_docstrings_cite_the_repository_and_the_papers():
@@ -258,8 +266,32 @@ def test_new_rope_option_validation():
         validate_rope_options("llama3", {"low_freq_factor": 2, "high_freq_factor": 2})
     with pytest.raises(ValueError, match="low_freq_factor only apply to scaling=llama3, not scaling=yarn"):
         validate_rope_options("yarn", {"low_freq_factor": 1})
-    with pytest.raises(ValueError, match="attention_factor only apply to scaling=yarn, not scaling=ntk_by_parts"):
+    with pytest.raises(ValueError, match="attention_factor only apply to scaling=yarn or longrope, not "
+                                         "scaling=ntk_by_parts"):
         validate_rope_options("ntk_by_parts", {"attention_factor": 1})
     with pytest.raises(ValueError, match="rope_theta=0 must be > 0"):
         validate_rope_options("pi", {"rope_theta": 0})
     validate_rope_options("pi", {"rope_theta": 1e6, "logn": True})  # modifiers combine with every method
+
+
+@pytest.mark.parametrize("length", [L, L + 1, 4 * L])
+def test_longrope_matches_the_formula_short_within_and_long_beyond_the_original_length(length):
+    """theta'_j = theta_j / lambda_j, lambda the short list up to the original length and the long one
+    beyond (transformers' rule, Phi-3's); cos/sin scaled by sqrt(1 + ln s / ln L) unless given."""
+    params = scaled("longrope", 4.0)
+    assert params == {"rope_theta": THETA, "rope_type": "longrope", "factor": 4.0,
+                      "original_max_position_embeddings": L, **LONGROPE_OPTIONS}
+    inv, attention = transformers_inv_freq(params, seq_len=length)
+    lists = LONGROPE_OPTIONS["long_factor" if length > L else "short_factor"]
+    expected = formula_theta() / torch.tensor(lists, dtype=torch.float64)
+    torch.testing.assert_close(inv.double(), expected, rtol=1e-6, atol=0)
+    assert attention == pytest.approx(math.sqrt(1 + math.log(4.0) / math.log(L)))
+    _, given = transformers_inv_freq(scaled("longrope", 4.0, {"attention_factor": 1.5}), seq_len=length)
+    assert given == 1.5
+
+
+def test_longrope_lists_must_fit_the_rotary_dimension():
+    with pytest.raises(ValueError, match=r"short_factor has 3 numbers, but this model rotates 64 dimensions per "
+                                         r"head.*rotary_dim / 2 = 32"):
+        scaled("longrope", 2.0, {"short_factor": [1.0, 1.0, 1.0]})
+    validate_rope_options("longrope", {"short_factor": "1;2", "long_factor": [1, 2], "longrope_factors": "x.json"})

@@ -46,6 +46,9 @@ def test_names_are_deterministic_and_tell_every_setting_apart():
                                           "lm_infinite,lm_infinite:global_tokens=4")]
     assert names == ["rerope__window-32", "rerope__window-32.5", "lm_infinite", "lm_infinite__global_tokens-4"]
     assert all("/" not in name and " " not in name for name in names)
+    # lm-eval would take a folder name ending in .json for a results file
+    (point,) = sweep_points("longrope:factor=4:longrope_factors=factors.json")
+    assert point.name == "longrope_x4__longrope_factors-factors.json__"
 
 
 def test_equal_points_are_one_and_the_sweep_says_so():
@@ -83,6 +86,9 @@ def test_a_point_takes_its_method_s_own_options_the_modifiers_and_a_factor_for_r
         "self_extend": {"group_size", "neighbor_window"} | modifiers,
         "lm_infinite": {"global_tokens", "local_window"} | modifiers,
         "dual_chunk": {"chunk_size", "local_window"} | modifiers,
+        "string": {"shift", "local_window"} | modifiers,
+        "streaming_llm": {"n_sink", "window"} | modifiers,
+        "longrope": {"factor", "short_factor", "long_factor", "longrope_factors", "attention_factor"} | modifiers,
     }
     assert set(METHOD_NAMES) == set(expected)
     assert {method: point_parameters(method) for method in METHOD_NAMES} == expected
