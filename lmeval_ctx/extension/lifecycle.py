@@ -46,16 +46,22 @@ class ExtensionRequest:
     """What ``ctx-hf`` was asked for, read from its model args before anything loads."""
 
     arguments: dict  # every name of EXTENSION_ARGS (None where not given), as resolve_extension takes them
-    alibi_options: dict  # ALiBi models' attention ({"attention": ...}), passed to install_alibi_scaling
+    # the attention engine ({"attention": attention_engine, None: auto}; lmeval_ctx.extension.flex): the
+    # attention-level methods' on RoPE models, passed to install_alibi_scaling on ALiBi models
+    alibi_options: dict
 
     @classmethod
-    def from_model_args(cls, extension_args: dict, *, max_length=None, alibi_attention=None) -> "ExtensionRequest":
-        """``extension_args``: the model args named in EXTENSION_ARGS. Flags are parsed here, so a
-        misspelt one fails before the weights load."""
+    def from_model_args(cls, extension_args: dict, *, max_length=None, attention_engine=None,
+                        alibi_attention=None) -> "ExtensionRequest":
+        """``extension_args``: the model args named in EXTENSION_ARGS. Flags and the engine are parsed
+        here, so a misspelt one fails before the weights load; ``alibi_attention`` is the deprecated
+        name of ``attention_engine``."""
+        from lmeval_ctx.extension.flex import engine_argument
+
         arguments = full_request({"scaling": "none", **extension_args, "max_length": max_length})
         arguments["replace_rope_scaling"] = parse_bool(arguments["replace_rope_scaling"] or False,
                                                        "replace_rope_scaling")
-        return cls(arguments, {"attention": alibi_attention})
+        return cls(arguments, {"attention": engine_argument(attention_engine, alibi_attention)})
 
 
 @dataclass(frozen=True)
@@ -100,19 +106,20 @@ def restore_extension_fields(config, snapshot: dict) -> None:
 
 
 def check_alibi_options(extension: ContextExtension, alibi_options: dict) -> None:
-    """``alibi_attention`` applies to ALiBi models, and lm_infinite needs ctx-hf's own ALiBi attention."""
+    """``attention_engine=transformers`` applies to ALiBi models, and not with the methods that need
+    ctx-hf's own ALiBi attention (lm_infinite)."""
     attention = alibi_options.get("attention")
-    if attention is not None and extension.family != "alibi":
+    if attention == "transformers" and extension.family != "alibi":
         raise ValueError(
-            f"alibi_attention={attention!r} only applies to ALiBi models (BLOOM, MPT, "
+            f"attention_engine={attention!r} only applies to ALiBi models (BLOOM, MPT, "
             f"Falcon with alibi=True); this {extension.model_type} model uses {extension.family} positions. "
-            "Remove alibi_attention."
+            "Use attention_engine=auto, flex or blocks."
         )
     if extension.family == "alibi" and extension.method in ALIBI_ATTENTION_METHODS and attention == "transformers":
         raise ValueError(
             f"scaling={extension.method} masks keys and caps distances inside ctx-hf's ALiBi attention; "
-            "alibi_attention='transformers' keeps transformers' own attention, which cannot. "
-            "Use alibi_attention=auto (or blocked), or another scaling.")
+            "attention_engine='transformers' keeps transformers' own attention, which cannot. "
+            "Use attention_engine=auto (or flex, or blocks), or another scaling.")
 
 
 def extend(config, request: dict, *, model=None, previous: ExtensionState | None = None,
@@ -149,16 +156,20 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
     a model built from the written config already has them) or install the ALiBi slopes; record."""
     # imported here: they need torch and transformers' model code, which resolving and writing
     # (all ctx-vllm does) do not
-    from lmeval_ctx.extension.attention import patch as attention_patch
     from lmeval_ctx.extension.alibi.install import install_alibi_scaling, slopes_in_use
     from lmeval_ctx.extension.alibi.scaling import AlibiScaling
+    from lmeval_ctx.extension.attention import patch as attention_patch
+    from lmeval_ctx.extension.flex import engine_record
     from lmeval_ctx.extension.rope.rotary import rebuild_rotary_embeddings
 
     ext, applied = state.extension, dict(state.applied)
+    engine = state.alibi_options.get("attention") or "auto"
+    if ext.attention_level or ext.family == "alibi":  # the device is known now: say which engine runs
+        applied["attention_engine"] = engine_record(engine, next(model.parameters()).device, ext.family)
     if ext.family == "rope" and rebuild_rotary:
         rebuild_rotary_embeddings(model)
     if ext.attention_level:  # after the rebuild: it reads the rotary frequencies
-        applied.update(attention_patch.install(model, ext))
+        applied.update(attention_patch.install(model, ext, engine))
     elif attention_patch.installed(model):
         attention_patch.remove(model)
     window = evaluation_window(ext, default_window)
@@ -166,7 +177,6 @@ def attach(state: ExtensionState, model, *, default_window: int | Callable[[], i
         # every ALiBi model, scaling=none included: the attention path (memory linear in the
         # length) is installed with the slopes
         install_alibi_scaling(model, AlibiScaling.from_extension(ext), **state.alibi_options)
-        applied["alibi_attention"] = state.alibi_options.get("attention") or "auto"
         if ext.method != "none":
             applied["alibi_slopes"] = slopes_in_use(model, window)
         if ext.length_dependent:

@@ -78,7 +78,9 @@ def test_a_request_from_model_args_parses_its_flags(spelled, value):
                                                alibi_attention="blocked")
     assert request.arguments["replace_rope_scaling"] is value
     assert request.arguments["scaling"] == "pi" and request.arguments["max_length"] == 512
-    assert request.alibi_options == {"attention": "blocked"}
+    # the deprecated alias maps to attention_engine's name
+    assert request.alibi_options == {"attention": "blocks"}
+    assert ExtensionRequest.from_model_args({}, attention_engine="flex").alibi_options == {"attention": "flex"}
     assert ExtensionRequest.from_model_args({}).arguments["scaling"] == "none"
 
 
@@ -88,9 +90,9 @@ def test_a_misspelt_flag_fails_before_anything_loads():
 
 
 def test_alibi_options_are_checked_against_the_model(llama):
-    with pytest.raises(ValueError, match=r"alibi_attention='blocked' only applies to ALiBi models.*llama"):
-        extend(llama, {"scaling": "pi", "factor": 2}, alibi_options={"attention": "blocked"})
-    with pytest.raises(ValueError, match=r"scaling=lm_infinite masks keys.*alibi_attention='transformers'"):
+    with pytest.raises(ValueError, match=r"attention_engine='transformers' only applies to ALiBi models.*llama"):
+        extend(llama, {"scaling": "pi", "factor": 2}, alibi_options={"attention": "transformers"})
+    with pytest.raises(ValueError, match=r"scaling=lm_infinite masks keys.*attention_engine='transformers'"):
         extend(CONFIGS["bloom"](), {"scaling": "lm_infinite", "original_max_length": 128},
                alibi_options={"attention": "transformers"})
 

@@ -1,4 +1,4 @@
-"""Exact ALiBi attention in memory linear in the length, for BLOOM, MPT and Falcon-ALiBi.
+"""Exact ALiBi attention in memory linear in the length, for BLOOM, MPT and Falcon-ALiBi: the block path.
 
 transformers runs these models' ALiBi attention on whole ``heads x queries x keys``
 score tensors (BLOOM, MPT: eager attention; Falcon: a dense float mask with the bias
@@ -32,9 +32,10 @@ The model's mask comes from transformers' ``create_causal_mask`` as a
 ``sdpa_mask``, so causal masking, padding, KV-cache offsets and packed sequences are
 transformers' own.
 
-On CUDA with the optional ``flash-attn`` package, a half-precision model, and a
-plain causal mask without padding, flash-attn's ``alibi_slopes`` kernel is used
-instead (not run in this project's CI: no GPU there).
+The engine of a call (:func:`call_engine`): FlexAttention
+(:mod:`lmeval_ctx.extension.alibi.flex_attention`, the same bias as a ``score_mod``) where it runs
+and takes the call (``attention_engine`` ``auto`` or ``flex``; the choice is
+:mod:`lmeval_ctx.extension.flex`'s), else the blocks below.
 
 LM-Infinite (``scaling=lm_infinite``; Han et al. 2023, arXiv:2308.16137) runs here too, as an
 :class:`lmeval_ctx.extension.alibi.scaling.AlibiPositionMethod`: the relative position of
@@ -52,6 +53,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmeval_ctx.extension.alibi.flex_attention import (
+    TILE,
+    call_inputs,
+    flex_alibi_attention,
+    flex_declines,
+    flex_inputs,
+)
 from lmeval_ctx.extension.alibi.masks import RowBlockMask
 from lmeval_ctx.extension.alibi.scaling import (
     AlibiPositionMethod,
@@ -59,25 +67,12 @@ from lmeval_ctx.extension.alibi.scaling import (
     active_slopes,
     attention_choice,
 )
-
-# alibi_attention= values: auto (flash-attn where it applies, else blocks), blocked, transformers.
-ATTENTION_CHOICES = ("auto", "blocked", "transformers")
+from lmeval_ctx.extension.flex import resolve_engine, validate_engine
 
 # Bytes one query block's float32 bias may take (its scores inside SDPA are of the same size).
 BLOCK_BYTES = 128 * 2**20
 MAX_BLOCK_ROWS = 512
 MIN_BLOCK_ROWS = 16
-
-
-def validate_attention_choice(choice) -> str:
-    value = "auto" if choice is None else str(choice).strip().lower()
-    if value not in ATTENTION_CHOICES:
-        raise ValueError(
-            f"alibi_attention={choice!r} is not one of {', '.join(ATTENTION_CHOICES)}: auto (default: "
-            "memory-efficient blocks, flash-attn on CUDA when installed), blocked (blocks always), "
-            "transformers (transformers' own attention, which holds heads x length x length tensors)."
-        )
-    return value
 
 
 # ----------------------------------------------------------------------------- the attention core
@@ -270,45 +265,43 @@ def blocked_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     return out
 
 
-# ----------------------------------------------------------------------------- flash-attn (CUDA, optional)
-def _flash_attn_func():
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    return flash_attn_func
+# ----------------------------------------------------------------------------- the engine of a call
+def validate_attention_choice(choice) -> str:
+    """An ALiBi model's engine (:data:`lmeval_ctx.extension.flex.ALIBI_ENGINES`); the old ``blocked``
+    is read as ``blocks``."""
+    if isinstance(choice, str) and choice.strip().lower() == "blocked":
+        return "blocks"
+    return validate_engine(choice, alibi=True)
 
 
-def _flash_applies(choice: str, query: torch.Tensor, key: torch.Tensor, mask) -> bool:
-    """flash-attn's ALiBi kernel reproduces the model only without padding and with plain causality."""
-    if choice != "auto" or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if query.shape[-1] > 256 or not isinstance(mask, RowBlockMask) or not mask.plain_causal:
-        return False
-    if mask.first_query != key.shape[-2] - query.shape[-2]:  # queries not at the end of the keys (static cache)
-        return False
-    if mask.padding is not None and not bool(mask.padding.all()):
-        return False
-    return _flash_attn_func() is not None
-
-
-def flash_alibi_attention(query, key, value, slopes: torch.Tensor, scale: float) -> torch.Tensor:
-    """flash-attn with ``alibi_slopes``: it adds ``-slope * (i - j)`` to the scaled scores (causal, bottom-right)."""
-    out = _flash_attn_func()(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-        softmax_scale=scale, causal=True, alibi_slopes=slopes,
-    )
-    return out.transpose(1, 2)
+def call_engine(query: torch.Tensor, key: torch.Tensor, mask) -> str:
+    """``flex`` or ``blocks`` for this call: the model's choice, where FlexAttention can run and takes
+    the call's mask (:func:`lmeval_ctx.extension.alibi.flex_attention.flex_declines`). A call of
+    fewer than one tile of queries (a generation step) is one SDPA call of the block path, under
+    ``flex`` too: padded to a bucket it would compute a tile for one row."""
+    choice = validate_attention_choice(attention_choice())
+    if choice == "transformers" or query.shape[-2] < TILE or resolve_engine(choice, query.device) != "flex":
+        return "blocks"
+    declined = flex_declines(mask, query, key)
+    if declined is None:
+        return "flex"
+    if choice == "flex":
+        raise ValueError(f"attention_engine=flex cannot run this call: {declined}. "
+                         "Use attention_engine=auto, which runs the block path for it.")
+    return "blocks"
 
 
 def _attend(query, key, value, alibi: AlibiBias, mask, scale, slopes: torch.Tensor):
-    """The running call's attention: flash-attn where it applies, else the blocks.
+    """The running call's attention: FlexAttention where it runs, else the blocks.
 
     ``slopes``: the call's slopes (:func:`lmeval_ctx.extension.alibi.scaling.active_slopes`) in
     the units of the scaled scores (the model's scaling of its bias applied)."""
     position_method = active_position_method(slopes)
-    if position_method is None and _flash_applies(attention_choice(), query, key, mask):
-        return flash_alibi_attention(query, key, value, slopes, scale)
+    if call_engine(query, key, mask) == "flex":
+        keys = key.shape[-2]
+        inputs = call_inputs(lambda: flex_inputs(alibi, mask, _counted_positions(mask, keys, query.device),
+                                                 position_method, *query.shape[:3], keys), mask, query, key)
+        return flex_alibi_attention(query, key, value, inputs, scale)
     return blocked_alibi_attention(query, key, value, alibi, mask, scale, position_method)
 
 
@@ -323,7 +316,7 @@ def _no_attention_weights(output_attentions: bool) -> None:
     if output_attentions:
         raise ValueError(
             "output_attentions=True needs the full attention weights, which the memory-efficient ALiBi "
-            "attention never builds. Load the model with alibi_attention=transformers to get them."
+            "attention never builds. Load the model with attention_engine=transformers to get them."
         )
 
 

@@ -175,10 +175,12 @@ def _architecture(model: torch.nn.Module) -> AlibiArchitecture:
 def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling, attention: str | None = "auto") -> None:
     """Make ``model`` (a BLOOM, MPT or Falcon-ALiBi causal LM) use ``scaling``'s slopes and ``attention``.
 
-    ``attention``: ``auto`` (default) attends a block of queries at a time in memory linear
-    in the length (flash-attn's ALiBi kernel instead on CUDA when installed and the dtype is
-    half precision), ``blocked`` always the blocks, ``transformers`` transformers' own attention
-    (``heads x length x length`` tensors). See :mod:`lmeval_ctx.extension.alibi.attention`.
+    ``attention``: the engine (:mod:`lmeval_ctx.extension.flex`): ``auto`` (default) FlexAttention
+    where it runs (:mod:`lmeval_ctx.extension.alibi.flex_attention`), else a block of queries at a
+    time in memory linear in the length; ``flex`` FlexAttention or an error saying why not;
+    ``blocks`` (also read from the old ``blocked``) always the blocks; ``transformers``
+    transformers' own attention (``heads x length x length`` tensors). See
+    :mod:`lmeval_ctx.extension.alibi.attention`.
 
     Calling it again on the same model replaces both (a sweep re-applies methods to one
     loaded model); ``method="none"`` restores the model's own slopes.
@@ -188,8 +190,8 @@ def install_alibi_scaling(model: torch.nn.Module, scaling: AlibiScaling, attenti
     if scaling.method in ALIBI_ATTENTION_METHODS and attention == "transformers":
         raise ValueError(
             f"scaling={scaling.method} hides keys and caps the ALiBi distance inside ctx-hf's ALiBi attention, "
-            "which alibi_attention='transformers' turns off (transformers' own attention adds the plain bias). "
-            "Use alibi_attention=auto (the default) or alibi_attention=blocked.")
+            "which attention_engine='transformers' turns off (transformers' own attention adds the plain bias). "
+            "Use attention_engine=auto (the default), flex or blocks.")
     modules = _attention_modules(model, arch)
     _install_dispatchers(arch)
     base = model.base_model

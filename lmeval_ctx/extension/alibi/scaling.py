@@ -95,7 +95,7 @@ class AlibiSetting:
     """What :func:`lmeval_ctx.extension.alibi.install.install_alibi_scaling` set on a model."""
 
     scaling: AlibiScaling
-    attention: str  # one of lmeval_ctx.extension.alibi.attention.ATTENTION_CHOICES
+    attention: str  # one of lmeval_ctx.extension.flex.ALIBI_ENGINES (or the old "blocked")
     base_slopes: tuple[float, ...]  # the architecture's own slopes for this config
 
 
@@ -106,7 +106,8 @@ class RunningCall:
     setting: AlibiSetting
     key_length: int  # keys visible to the last query: cached + new tokens
     slopes: tuple[float, ...]  # the scaling's slopes at key_length (dynamic_ntk depends on it)
-    # (device, bfloat16) -> the slopes as a tensor there: copied once per call, read by every layer
+    # what every layer reads, made once per call: (device, bfloat16) -> the slopes as a tensor there;
+    # ("flex", ...) -> FlexAttention's inputs (lmeval_ctx.extension.alibi.flex_attention.call_inputs)
     on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

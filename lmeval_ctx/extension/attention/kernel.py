@@ -1,8 +1,9 @@
-"""The attention computation of the attention-level methods and log-n scaling on RoPE models.
+"""The attention computation of the attention-level methods and log-n scaling on RoPE models: the
+block path, and what FlexAttention shares with it.
 
-:func:`method_attention` is a transformers attention function (installed on a model by
-:mod:`lmeval_ctx.extension.attention.patch`); transformers calls it with queries and keys
-already rotated at their true positions. Per layer that carries an :class:`AttentionSetting`:
+:func:`lmeval_ctx.extension.attention.function.method_attention` (the transformers attention
+function that :mod:`lmeval_ctx.extension.attention.patch` installs) gets queries and keys already
+rotated at their true positions, and per layer an :class:`AttentionSetting`:
 
 - log-n: queries at position ``i >= L`` (0-based) are multiplied by ``log(i+1)/log(L)``
   (Qwen's ``use_logn_attn``);
@@ -32,7 +33,12 @@ already rotated at their true positions. Per layer that carries an :class:`Atten
 
 Inputs whose distances the method leaves unchanged (or, for DCA, which changes pairs by the
 chunks their absolute positions fall in, whose positions all lie in its first chunk), and
-layers with no setting, go through transformers' SDPA function with the same mask.
+layers with no setting, go through transformers' SDPA function with the same mask; the rest
+through :func:`moved_attention` here, or through FlexAttention
+(:mod:`lmeval_ctx.extension.attention.flex_kernel`), as ``attention_engine`` chooses. Both
+re-rotate by angles computed once per call in float64 on the CPU (:func:`cos_sin`): no float64
+on the device. The joined path still reads each block's runs of keys on the host (one
+synchronisation per block); on CUDA FlexAttention, which has none, runs by default.
 Positions: a row's tokens have consecutive positions, as transformers assigns them (left
 padding included), so key ``k`` of a row is at ``position of its last query - (keys - 1 - k)``.
 """
@@ -45,7 +51,7 @@ from typing import Iterator
 
 import torch
 
-from lmeval_ctx.methods.attention import ATTENTION_METHOD_REGISTRY, assign_positions
+from lmeval_ctx.methods.attention import assign_positions
 
 # The attribute of an attention module that holds its AttentionSetting (set by patch.install).
 SETTING_ATTRIBUTE = "lmeval_ctx_attention"
@@ -68,8 +74,9 @@ class AttentionSetting:
     options: dict
     original_length: int
     logn: bool
-    inv_freq: torch.Tensor  # float64 inverse frequencies of the rotary dimensions
+    inv_freq: torch.Tensor  # float64 inverse frequencies of the rotary dimensions, on the CPU
     previous_implementation: str | None  # restored by patch.remove()
+    engine: str = "blocks"  # attention_engine: auto, flex or blocks (lmeval_ctx.extension.flex)
 
     @property
     def rotary_dim(self) -> int:
@@ -77,27 +84,42 @@ class AttentionSetting:
 
 
 def logn_scale(positions: torch.Tensor, original_length: int) -> torch.Tensor:
-    """``log(i+1)/log(L)`` for 0-based positions ``i >= L``, 1 below (Qwen's ``use_logn_attn``)."""
-    count = positions.to(torch.float64) + 1
+    """``log(i+1)/log(L)`` for 0-based positions ``i >= L``, 1 below (Qwen's ``use_logn_attn``), in
+    float32 (positions below 2^24 are exact in it; no float64 on the device)."""
+    count = positions.to(torch.float32) + 1
     return torch.where(count > original_length, torch.log(count) / math.log(original_length),
                        torch.ones_like(count))
 
 
-def rotate(x: torch.Tensor, offsets: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (batch, heads, n, head_dim) by ``offsets`` (batch, n) positions, in the
-    rotate-half layout on the first ``2 * len(inv_freq)`` dimensions (the rest pass through)."""
-    half = inv_freq.numel()
-    # float64: the angles of long offsets stay exact
-    angles = offsets.to(torch.float64)[:, None, :, None] * inv_freq.to(offsets.device)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    first, second = x[..., :half], x[..., half:2 * half]
-    return torch.cat((first * cos - second * sin, second * cos + first * sin, x[..., 2 * half:]), dim=-1)
+def cos_sin(offsets: torch.Tensor, inv_freq: torch.Tensor, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines of ``offsets`` (batch, n) x ``inv_freq``, ``(batch, 1, n, len(inv_freq))`` in
+    ``dtype`` on ``device``: computed in float64 on the CPU (the angles of long offsets stay exact; no
+    float64 on the device), once per call, not per block."""
+    angles = offsets.to("cpu", torch.float64)[:, None, :, None] * inv_freq.to("cpu", torch.float64)
+    return angles.cos().to(device, dtype), angles.sin().to(device, dtype)
 
 
-def _sdpa(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (batch, heads, n, rotary_dim) by the angles of :func:`cos_sin`, in the rotate-half
+    layout."""
+    half = cos.shape[-1]
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
 
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+def moves(setting: AttentionSetting, query_positions: torch.Tensor, key_positions: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the method moves each query (batch, queries) and each key (batch, keys): ``A(i) - i``
+    and ``B(j) - j``, each a function of one position alone, so one row or column of pairs gives it.
+    On the CPU (the methods' positions are float64): one transfer per call, no float64 on the device."""
+    batch, queries, keys = query_positions.shape[0], query_positions.shape[1], key_positions.shape[1]
+    query_positions, key_positions = query_positions.cpu(), key_positions.cpu()
+    first_key = assign_positions(setting.method, setting.options, setting.original_length,
+                                 query_positions[:, :, None], key_positions[:, :1, None])
+    first_query = assign_positions(setting.method, setting.options, setting.original_length,
+                                   query_positions[:, :1, None], key_positions[:, None, :])
+    return (first_key.query_position.expand(batch, queries, 1)[..., 0] - query_positions,
+            first_query.key_position.expand(batch, 1, keys)[:, 0] - key_positions)
 
 
 def _columns(pairs: torch.Tensor, every: bool = False) -> torch.Tensor:
@@ -173,7 +195,7 @@ class _Block:
         return sum(b - a for a, b in self.true_runs + self.moved_runs)
 
 
-def _block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys: int, queries: int,
+def block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys: int, queries: int,
                  work: torch.dtype, device: torch.device):
     """``(allowed, additive)`` of a block from the model's mask and the method's ``visible``."""
     additive = None
@@ -189,7 +211,7 @@ def _block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys
     return allowed, additive
 
 
-def _blocks(setting: AttentionSetting, query: torch.Tensor, query_positions: torch.Tensor,
+def _blocks(setting: AttentionSetting, query: torch.Tensor, moved_query: torch.Tensor, query_positions: torch.Tensor,
             key_positions: torch.Tensor, attention_mask, rows: int) -> Iterator[_Block]:
     """The blocks of ``rows`` queries, each with its pairs' assignment and the runs of keys it uses."""
     batch, _, queries, _ = query.shape
@@ -201,11 +223,8 @@ def _blocks(setting: AttentionSetting, query: torch.Tensor, query_positions: tor
         seen = min(keys, stop + keys - queries)  # causal: later keys are hidden from every query of the block
         assignment = assign_positions(setting.method, setting.options, setting.original_length,
                                       pair_query_positions[:, start:stop, None], pair_key_positions[:, None, :seen])
-        moved_positions = assignment.query_position.expand(batch, stop - start, 1)[..., 0]
         block_query = query[:, :, start:stop]
-        moved_query = rotate(block_query[..., :setting.rotary_dim], moved_positions - query_positions[:, start:stop],
-                             setting.inv_freq)
-        allowed, additive = _block_masks(attention_mask, assignment.visible, start, stop, seen, keys, queries,
+        allowed, additive = block_masks(attention_mask, assignment.visible, start, stop, seen, keys, queries,
                                          query.dtype, query.device)
         near = assignment.near[:, None].expand(batch, 1, stop - start, seen)  # (batch, 1, rows, seen)
         # The copies some pair of the block may use: a key near for every row of the block needs its true
@@ -215,7 +234,7 @@ def _blocks(setting: AttentionSetting, query: torch.Tensor, query_positions: tor
             used = torch.ones(seen, dtype=torch.bool, device=query.device)
         else:
             used = _columns(allowed)
-        yield _Block(slice(start, stop), block_query, moved_query, near, allowed, additive,
+        yield _Block(slice(start, stop), block_query, moved_query[:, :, start:stop], near, allowed, additive,
                      _runs(_columns(near) & used), _runs(~_columns(near, every=True) & used))
 
 
@@ -306,7 +325,7 @@ class _JoinedKeys:
 
 
 # ----------------------------------------------------------------------------- the attention function
-def _moved_attention(setting: AttentionSetting, query, key, value, attention_mask, query_positions,
+def moved_attention(setting: AttentionSetting, query, key, value, attention_mask, query_positions,
                      scaling: float) -> torch.Tensor:
     """The method's attention, a block of queries at a time: ``(batch, heads, queries, value_dim)``
     in the work dtype (float32 for half-precision inputs)."""
@@ -316,51 +335,16 @@ def _moved_attention(setting: AttentionSetting, query, key, value, attention_mas
     query, key, value = query.to(work), key.to(work), value.to(work)
     # the row's last query is its key at index keys - 1; its keys have consecutive positions
     key_positions = torch.arange(keys, device=query.device)[None, :] + (query_positions[:, -1:] - (keys - 1))
-    # B(j) depends on the key alone: the keys are re-rotated once per call, not once per block
-    key_offsets = (assign_positions(setting.method, setting.options, setting.original_length,
-                                    query_positions[:, :1, None], key_positions[:, None, :])
-                   .key_position.expand(batch, 1, keys)[:, 0] - key_positions)
-    moved_keys = rotate(key[..., :rot], key_offsets, setting.inv_freq)
+    # queries and keys are re-rotated once per call, not once per block
+    query_moves, key_moves = moves(setting, query_positions, key_positions)
+    moved_query = rotate(query[..., :rot], *cos_sin(query_moves, setting.inv_freq, work, query.device))
+    moved_keys = rotate(key[..., :rot], *cos_sin(key_moves, setting.inv_freq, work, query.device))
     rows = max(1, min(queries, BLOCK_ROWS, BLOCK_ELEMENTS // max(1, batch * keys)))
     kernel = cpu_kernel(query.device)
     attend = (_SplitKeys(kernel, key, moved_keys, value, heads, rot, scaling) if kernel is not None
               else _JoinedKeys(key, moved_keys, value, rot, scaling, rows))
     del moved_keys  # held by attend in the form its path needs
     output = torch.empty(batch, heads, queries, value.shape[-1], dtype=work, device=query.device)
-    for block in _blocks(setting, query, query_positions, key_positions, attention_mask, rows):
+    for block in _blocks(setting, query, moved_query, query_positions, key_positions, attention_mask, rows):
         output[:, :, block.rows] = attend(block) if block.columns else 0  # 0: padding rows only, no key
     return output
-
-
-def _unchanged(setting: AttentionSetting, keys: int, query_positions: torch.Tensor) -> bool:
-    """The method leaves every pair of this call as it is (or there is no method: log-n alone)."""
-    method = ATTENTION_METHOD_REGISTRY.get(setting.method) if setting.method else None
-    if method is None or keys - 1 <= method.unchanged_up_to(setting.options, setting.original_length):
-        return True
-    # a real key's position is in [0, its query's]
-    return (method.unchanged_below is not None
-            and int(query_positions.max()) < method.unchanged_below(setting.options, setting.original_length))
-
-
-def method_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                     **kwargs):
-    """transformers attention function (see the module docstring); returns ``(output, None)``."""
-    setting: AttentionSetting | None = getattr(module, SETTING_ATTRIBUTE, None)
-    if setting is None:
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        raise ValueError(f"{type(module).__name__} was called without position_ids; the attention-level methods "
-                         "need the query positions transformers passes to the attention function.")
-    query_positions = position_ids.to(query.device).expand(query.shape[0], query.shape[2])
-    if setting.logn:
-        query = query * logn_scale(query_positions, setting.original_length)[:, None, :, None].to(query.dtype)
-    if _unchanged(setting, key.shape[2], query_positions):
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    if dropout:
-        raise ValueError("the attention-level methods are for evaluation; this model is in training mode with dropout.")
-    if not getattr(module, "is_causal", True):
-        raise ValueError(f"{type(module).__name__} is not causal; the attention-level methods are for decoders.")
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    output = _moved_attention(setting, query, key, value, attention_mask, query_positions, scaling)
-    return output.to(query.dtype).transpose(1, 2).contiguous(), None

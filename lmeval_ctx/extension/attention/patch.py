@@ -4,7 +4,7 @@ through transformers' attention-function registry.
 transformers' RoPE models call ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``
 with queries and keys already rotated at their true positions. :func:`install` registers
 one named implementation (:data:`IMPLEMENTATION`, the function
-:func:`lmeval_ctx.extension.attention.kernel.method_attention`), sets the scaled model's own
+:func:`lmeval_ctx.extension.attention.function.method_attention`), sets the scaled model's own
 ``config._attn_implementation`` to it and hangs an
 :class:`~lmeval_ctx.extension.attention.kernel.AttentionSetting` on that model's attention
 modules, so another model in the process keeps its attention. :func:`remove` gives the model
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from lmeval_ctx.extension.architectures import ATTENTION_ARCHITECTURES
-from lmeval_ctx.extension.attention.kernel import SETTING_ATTRIBUTE, AttentionSetting, method_attention
+from lmeval_ctx.extension.attention.function import method_attention
+from lmeval_ctx.extension.attention.kernel import SETTING_ATTRIBUTE, AttentionSetting
 from lmeval_ctx.methods.attention import ATTENTION_METHOD_REGISTRY
 
 IMPLEMENTATION = "lmeval_ctx_attention"
@@ -55,8 +56,11 @@ def remove(model: torch.nn.Module) -> None:
         model.config._attn_implementation = previous
 
 
-def install(model: torch.nn.Module, extension) -> dict:
+def install(model: torch.nn.Module, extension, engine: str = "auto") -> dict:
     """Install ``extension``'s attention-level method and/or log-n scaling on ``model``; return the record.
+
+    ``engine``: the validated ``attention_engine`` (auto, flex or blocks; each call resolves it,
+    :func:`lmeval_ctx.extension.attention.function.call_engine`).
 
     Layers of the types ``extension.attention_kept_layer_types`` names (those whose attention never
     reaches beyond the trained length, :func:`lmeval_ctx.extension.layers.attention_kept_layer_types`)
@@ -73,7 +77,7 @@ def install(model: torch.nn.Module, extension) -> dict:
     if len(rotary) != 1 or not isinstance(rotary[0][1].rope_type, str):
         raise ValueError(f"{what} needs one rotary embedding shared by all layers; this {model_type} model has "
                          f"{len(rotary)} (per-layer-type RoPE is not supported by the attention-level methods).")
-    inv_freq = rotary[0][1].inv_freq.detach().to(torch.float64)
+    inv_freq = rotary[0][1].inv_freq.detach().to("cpu", torch.float64)
     previous = model.config._attn_implementation
     if previous == IMPLEMENTATION:
         previous = next((getattr(m, SETTING_ATTRIBUTE).previous_implementation for m in attention_modules(model)
@@ -81,7 +85,7 @@ def install(model: torch.nn.Module, extension) -> dict:
     remove(model)
     setting = AttentionSetting(extension.method if extension.method in ATTENTION_METHOD_REGISTRY else None,
                                {k: v for k, v in extension.options.items()}, int(extension.original_max_length),
-                               bool(extension.options.get("logn")), inv_freq, previous)
+                               bool(extension.options.get("logn")), inv_freq, previous, engine)
     kept = dict(extension.attention_kept_layer_types)
     layer_types = getattr(cfg, "layer_types", None) or ()
     modules = attention_modules(model)

@@ -1,6 +1,6 @@
 """The blocked ALiBi attention against transformers' own, and its memory bound.
 
-Each comparison runs one tiny model twice: with ``attention="blocked"`` and with
+Each comparison runs one tiny model twice: with ``attention="blocks"`` and with
 ``attention="transformers"`` (BLOOM, MPT: eager; Falcon-ALiBi: SDPA with the dense
 float mask, what ``from_pretrained`` loads), both with the same slopes from
 :mod:`lmeval_ctx.extension.alibi.scaling` (the slopes themselves are checked against
@@ -39,7 +39,7 @@ def pair(folder, method: str, models=None):
     """(blocked, transformers' attention): the same weights and slopes; ``models`` to re-use."""
     scaling = AlibiScaling(method, 4.0, TRAINED)
     blocked, reference = models or (load(folder), load(folder))
-    install_alibi_scaling(blocked, scaling, attention="blocked")
+    install_alibi_scaling(blocked, scaling, attention="blocks")
     install_alibi_scaling(reference, scaling, attention="transformers")
     return blocked, reference
 
@@ -74,17 +74,18 @@ def logits(model, ids, mask=None):
 
 
 class BlockedCalls:
-    """Counts calls of the blocked core while in a ``with`` block."""
+    """Counts calls of the ALiBi attention's core (``core``: the block path, or ``_attend``: either
+    engine, FlexAttention included)."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, core: str = "blocked_alibi_attention"):
         self.count = 0
-        original = alibi_attention.blocked_alibi_attention
+        original = getattr(alibi_attention, core)
 
         def counted(*args, **kwargs):
             self.count += 1
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(alibi_attention, "blocked_alibi_attention", counted)
+        monkeypatch.setattr(alibi_attention, core, counted)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -242,24 +243,26 @@ def test_switching_back_restores_transformers_attention(tiny_model_dir, monkeypa
 
 
 @pytest.mark.parametrize("arch, extra", [("bloom", {"original_max_length": TRAINED}), ("falcon_alibi", {})])
-def test_ctx_hf_runs_the_blocked_attention_and_takes_the_argument(tiny_model_dir, monkeypatch, arch, extra):
+def test_ctx_hf_runs_its_attention_and_takes_the_argument(tiny_model_dir, monkeypatch, arch, extra):
+    """By default (``auto``) ctx-hf's own ALiBi attention runs (FlexAttention where it can, else the
+    blocks), equal to transformers' own; an unknown engine is a ValueError naming it."""
     folder = tiny_model_dir(arch)
-    calls = BlockedCalls(monkeypatch)
+    calls = BlockedCalls(monkeypatch, core="_attend")
     default = CtxHFLM(pretrained=str(folder), device="cpu", dtype="float32", scaling="ntk", factor=4, **extra)
     ids = random_ids()
     ours = default._model_call(ids)
     assert calls.count == 2
     own = CtxHFLM(pretrained=str(folder), device="cpu", dtype="float32", scaling="ntk", factor=4,
-                  alibi_attention="transformers", **extra)
+                  attention_engine="transformers", **extra)
     expected = own._model_call(ids)
     assert calls.count == 2
     torch.testing.assert_close(ours, expected, **TOL)
-    with pytest.raises(ValueError, match="alibi_attention='dense'"):
+    with pytest.raises(ValueError, match="='dense' is not"):
         CtxHFLM(pretrained=str(folder), device="cpu", dtype="float32", scaling="ntk", factor=4,
-                alibi_attention="dense", **extra)
+                attention_engine="dense", **extra)
 
 
 def test_attention_weights_need_transformers_attention(shared_pair):
     blocked, _ = shared_pair("bloom", "ntk")
-    with pytest.raises(ValueError, match="alibi_attention=transformers"), torch.no_grad():
+    with pytest.raises(ValueError, match="attention_engine=transformers"), torch.no_grad():
         blocked(random_ids(), output_attentions=True)

@@ -1,4 +1,5 @@
-"""The blocked ALiBi attention in bfloat16: its error against float32 does not grow with the position.
+"""The ALiBi attention in bfloat16 (the block path and FlexAttention): its error against float32
+does not grow with the position.
 
 The bias is formed from relative positions in float32 (lmeval_ctx/extension/alibi/attention.py,
 ``AlibiBias``), not from ``slope x absolute position`` rounded to bfloat16, where at position
@@ -17,6 +18,7 @@ import pytest
 import torch
 import transformers
 
+from lmeval_ctx.extension.alibi import attention as alibi_attention
 from lmeval_ctx.extension.alibi.install import install_alibi_scaling
 from lmeval_ctx.extension.alibi.scaling import AlibiScaling
 from lmeval_ctx.extension.architectures import alibi_architecture
@@ -64,19 +66,26 @@ def target_logprobs(model, ids) -> torch.Tensor:
     return torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
 
 
-def bfloat16_error(models, arch, method, ids, attention="blocked") -> torch.Tensor:
-    """|log-prob in bfloat16 (with ``attention``) - log-prob in float32 (blocked)| per position."""
+def bfloat16_error(models, arch, method, ids, attention="blocks") -> torch.Tensor:
+    """|log-prob in bfloat16 (with ``attention``) - log-prob in float32 (the blocks)| per position."""
     full, half = models(arch)
-    install_alibi_scaling(full, scaling(method), attention="blocked")
+    install_alibi_scaling(full, scaling(method), attention="blocks")
     install_alibi_scaling(half, scaling(method), attention=attention)
     return (target_logprobs(half, ids) - target_logprobs(full, ids)).abs()
 
 
+@pytest.mark.parametrize("engine", ["blocks", "flex"])
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method, length", [("ntk", 4096)] + [
     pytest.param(method, LENGTH, marks=pytest.mark.slow) for method in METHODS])  # 8k: 10-35 s each
-def test_the_error_does_not_grow_with_the_position(models, arch, method, length):
-    error = bfloat16_error(models, arch, method, random_ids(length))
+def test_the_error_does_not_grow_with_the_position(models, monkeypatch, arch, method, length, engine):
+    """Both engines: the block path and FlexAttention (its bias formed in float32 inside the kernel)."""
+    calls = []
+    for name in ("flex_alibi_attention", "blocked_alibi_attention"):
+        original = getattr(alibi_attention, name)
+        monkeypatch.setattr(alibi_attention, name, lambda *a, _o=original, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    error = bfloat16_error(models, arch, method, random_ids(length), attention=engine)
+    assert f"{'flex' if engine == 'flex' else 'blocked'}_alibi_attention" in calls, f"{engine} did not run"
     first, last = error[:EDGE].mean().item(), error[-EDGE:].mean().item()
     assert first > 1e-4, "bfloat16 and float32 agree exactly: the half-precision model did not run"
     assert last <= GROWTH * first, f"mean error {first:.4f} over the first {EDGE} positions, {last:.4f} over the last"
@@ -111,7 +120,7 @@ def test_the_mask_near_the_diagonal_is_the_bias_rounded_once(models, monkeypatch
     (with ``slope x absolute position`` rounded first, neighbouring keys there share one value)."""
     length, near = 4096, 64
     _, half = models(arch)
-    install_alibi_scaling(half, scaling("ntk"), attention="blocked")
+    install_alibi_scaling(half, scaling("ntk"), attention="blocks")
     masks = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 

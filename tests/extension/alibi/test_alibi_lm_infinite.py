@@ -55,7 +55,7 @@ def models(tiny_model_dir):
         if arch not in loaded:
             loaded[arch] = transformers.AutoModelForCausalLM.from_pretrained(
                 str(tiny_model_dir(arch)), dtype=torch.float32).eval()
-        install_alibi_scaling(loaded[arch], scaling, attention="blocked")
+        install_alibi_scaling(loaded[arch], scaling, attention="blocks")
         return loaded[arch]
 
     return get
@@ -163,7 +163,7 @@ def test_cached_generation_equals_full_forwards(models, arch):
 
 def test_transformers_attention_is_refused(tiny_model_dir):
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("bloom")), dtype=torch.float32)
-    with pytest.raises(ValueError, match=r"scaling=lm_infinite.*alibi_attention=auto.*alibi_attention=blocked"):
+    with pytest.raises(ValueError, match=r"scaling=lm_infinite.*attention_engine=auto.*flex or blocks"):
         install_alibi_scaling(model, lm_infinite(4, 48), attention="transformers")
 
 
@@ -214,7 +214,7 @@ def test_ctx_hf_applies_it_from_model_args(tiny_model_dir, models, arch):
                  original_max_length=TRAINED, global_tokens=4, local_window=48, max_length=LENGTH)
     ids = random_ids()
     expected = logits(models(arch, lm_infinite(4, 48)), ids)
-    torch.testing.assert_close(logits(lm.model, ids), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(lm.model, ids), expected, **TOL)  # ctx-hf: FlexAttention under auto
     record = lm.context_extension_record
     assert record["scaling"] == "lm_infinite"
     assert (record["options"]["global_tokens"], record["options"]["local_window"]) == (4, 48)
@@ -224,7 +224,7 @@ def test_ctx_hf_refuses_transformers_attention_before_loading(tiny_model_dir):
     from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 
     with mock.patch("transformers.AutoModelForCausalLM.from_pretrained") as load:
-        with pytest.raises(ValueError, match="alibi_attention=auto"):
+        with pytest.raises(ValueError, match="attention_engine=auto"):
             CtxHFLM(pretrained=str(tiny_model_dir("bloom")), device="cpu", scaling="lm_infinite",
-                    original_max_length=TRAINED, alibi_attention="transformers")
+                    original_max_length=TRAINED, attention_engine="transformers")
     load.assert_not_called()

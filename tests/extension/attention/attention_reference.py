@@ -139,10 +139,12 @@ class Reference:
         return (scores.softmax(-1) @ value).transpose(1, 2).contiguous(), None
 
 
-def with_method(arch, method, options, logn=False):
+def with_method(arch, method, options, logn=False, engine="blocks"):
+    """The tiny ``arch`` model with ``method``; ``engine``: its attention_engine (the block path by
+    default: test_attention_flex.py compares FlexAttention with it)."""
     model = tiny(arch)
     extend(model.config, {"scaling": method, "original_max_length": ORIGINAL, "logn": logn or None, **options},
-           model=model)
+           model=model, alibi_options={"attention": engine})
     return model
 
 

@@ -20,6 +20,7 @@ from attention_reference import (
     with_method,
 )
 
+from lmeval_ctx.extension.attention import function as attention_function
 from lmeval_ctx.extension.attention import kernel as attention_kernel
 from lmeval_ctx.extension.attention import patch as attention_patch
 from lmeval_ctx.extension.lifecycle import extend
@@ -130,7 +131,7 @@ def test_half_precision_is_computed_in_float32():
     generator = torch.Generator().manual_seed(5)
     query, key, value = (torch.randn(1, heads, LENGTH, 16, generator=generator).to(torch.bfloat16)
                          for heads in (4, 2, 2))
-    call = functools.partial(attention_kernel.method_attention, module, attention_mask=None, scaling=0.25,
+    call = functools.partial(attention_function.method_attention, module, attention_mask=None, scaling=0.25,
                              position_ids=torch.arange(LENGTH)[None])
     half, _ = call(query, key, value)
     full, _ = call(query.float(), key.float(), value.float())
