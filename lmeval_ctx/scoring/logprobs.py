@@ -18,10 +18,17 @@ transformers' ``ForCausalLM.forward`` of each class. A model whose class is not
 in it is scored from full logits, never approximated.
 
 Precision: whatever the model's dtype, each slice is log-softmaxed in float32 (or
-the explicit ``softmax_dtype``) and the log-probabilities are kept and summed in
-float64. lm-eval's HFLM log-softmaxes and sums in the logits' dtype: in bfloat16
+the explicit ``softmax_dtype``) and the log-probabilities are summed in float64.
+lm-eval's HFLM log-softmaxes and sums in the logits' dtype: in bfloat16
 a continuation of 2,048 tokens sums to about -7,900, where bfloat16's spacing is
 32, so the sum alone is off by up to 16 nats (SmolLM2's perplexity at 2k: +0.44%).
+
+On the device: the log-probabilities stay in the log-softmax's dtype (float32; GPUs
+run float64 at a fraction of their speed, Apple's MPS not at all) where the logits
+are, and come to the host in one transfer per call, where they are widened to
+float64 and summed; nothing in the loop waits for the device. Where the logits are
+is the output layer's device, which under accelerate's device map
+(``parallelize=True``) need not be the first layer's nor the decoder's last one's.
 """
 
 from __future__ import annotations
@@ -106,9 +113,39 @@ def log_softmax_dtype(logits_dtype: torch.dtype, softmax_dtype: torch.dtype | No
     return softmax_dtype if softmax_dtype is not None else torch.promote_types(logits_dtype, torch.float32)
 
 
-def sum_dtype(device: torch.device) -> torch.dtype:
-    """The dtype log-probabilities are kept and summed in: float64 (float32 on Apple's MPS, which has none)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def sliced_logprobs(head: Callable[[torch.Tensor], torch.Tensor] | None, hidden: torch.Tensor, targets: torch.Tensor,
+                    softmax_dtype: torch.dtype | None = None,
+                    slice_positions: int = DEFAULT_SLICE_POSITIONS) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`target_logprobs` left on the device: in the log-softmax's dtype, where the logits are.
+
+    The targets follow the logits: the output layer's device, which under a device map
+    (accelerate's hooks move each layer's inputs to it) may be neither ``hidden``'s nor the targets'.
+    """
+    if slice_positions < 1:
+        raise ValueError(f"slice_positions must be a positive number of positions; got {slice_positions!r}.")
+    if hidden.shape[0] == 0:
+        raise ValueError("hidden holds no positions: there is nothing to score.")
+    if targets.dim() != 2 or targets.shape[1] != hidden.shape[0]:
+        raise ValueError(f"targets must be (rows, {hidden.shape[0]}) for {hidden.shape[0]} positions; "
+                         f"got shape {tuple(targets.shape)}.")
+    log_probs = is_argmax = None
+    for start in range(0, hidden.shape[0], slice_positions):
+        stop = start + slice_positions
+        logits = hidden[start:stop] if head is None else head(hidden[start:stop])  # (slice, vocabulary)
+        part = F.log_softmax(logits, dim=-1, dtype=log_softmax_dtype(logits.dtype, softmax_dtype))
+        del logits
+        if log_probs is None:
+            # Allocated once, on the logits' device: small tensors kept from every slice would sit in
+            # the holes freed slices leave, so that each new slice needed fresh memory (the heap grew
+            # by a slice of logits per slice on glibc).
+            targets = targets.to(part.device, non_blocking=True)
+            log_probs = torch.empty(targets.shape, dtype=part.dtype, device=part.device)
+            is_argmax = torch.empty(targets.shape, dtype=torch.bool, device=part.device)
+        wanted = targets[:, start:stop].T  # (slice, rows)
+        log_probs[:, start:stop] = part.gather(-1, wanted).T
+        is_argmax[:, start:stop] = (part.argmax(dim=-1)[:, None] == wanted).T
+        del part
+    return log_probs, is_argmax
 
 
 def target_logprobs(head: Callable[[torch.Tensor], torch.Tensor] | None, hidden: torch.Tensor, targets: torch.Tensor,
@@ -119,34 +156,16 @@ def target_logprobs(head: Callable[[torch.Tensor], torch.Tensor] | None, hidden:
     ``hidden`` (positions, hidden_size) are the final hidden states of the scored
     positions, or their logits when ``head`` is None (a model scored from full logits);
     ``targets`` (rows, positions) the tokens each row asks about at them (several rows
-    share one pass, e.g. answer choices that differ in their last token). Log-softmax runs in :func:`log_softmax_dtype`
-    (float32 for half-precision logits); the log-probabilities come back in
-    :func:`sum_dtype` (float64), so that any sum of them is exact to float64 rounding.
-    Returns ``(log_probs, is_argmax)``, both (rows, positions).
+    share one pass, e.g. answer choices that differ in their last token). Log-softmax runs in
+    :func:`log_softmax_dtype` (float32 for half-precision logits) on the logits' device
+    (:func:`sliced_logprobs`); the log-probabilities come back on the host in float64, in one
+    transfer, so that any sum of them is exact to float64 rounding.
+    Returns ``(log_probs, is_argmax)``, both (rows, positions), on the CPU.
     """
-    if slice_positions < 1:
-        raise ValueError(f"slice_positions must be a positive number of positions; got {slice_positions!r}.")
-    if hidden.shape[0] == 0:
-        raise ValueError("hidden holds no positions: there is nothing to score.")
-    if targets.dim() != 2 or targets.shape[1] != hidden.shape[0]:
-        raise ValueError(f"targets must be (rows, {hidden.shape[0]}) for {hidden.shape[0]} positions; "
-                         f"got shape {tuple(targets.shape)}.")
-    targets = targets.to(hidden.device)  # where the logits will be (a sharded model's last device)
-    # Results go into tensors allocated once: small tensors kept from every slice would sit in the
-    # holes freed slices leave, so that each new slice needed fresh memory (the heap grew by a slice
-    # of logits per slice on glibc).
-    log_probs = torch.empty(targets.shape, dtype=sum_dtype(targets.device), device=targets.device)
-    is_argmax = torch.empty(targets.shape, dtype=torch.bool, device=targets.device)
-    for start in range(0, hidden.shape[0], slice_positions):
-        stop = start + slice_positions
-        logits = hidden[start:stop] if head is None else head(hidden[start:stop])  # (slice, vocabulary)
-        part = F.log_softmax(logits, dim=-1, dtype=log_softmax_dtype(logits.dtype, softmax_dtype))
-        del logits
-        wanted = targets[:, start:stop].T  # (slice, rows)
-        log_probs[:, start:stop] = part.gather(-1, wanted).T
-        is_argmax[:, start:stop] = (part.argmax(dim=-1)[:, None] == wanted).T
-        del part
-    return log_probs, is_argmax
+    log_probs, is_argmax = sliced_logprobs(head, hidden, targets, softmax_dtype, slice_positions)
+    # one transfer (one wait for the device) for both: the argmax flags ride along as 0/1 values
+    host = torch.stack((log_probs, is_argmax.to(log_probs.dtype))).cpu()
+    return host[0].double(), host[1].bool()
 
 
 def continuation_scores(head: Callable[[torch.Tensor], torch.Tensor] | None, hidden: torch.Tensor,
@@ -156,7 +175,8 @@ def continuation_scores(head: Callable[[torch.Tensor], torch.Tensor] | None, hid
 
     ``hidden`` (positions, hidden_size) holds the positions of the longest continuation
     (or their logits, ``head`` None); a shorter one is scored at the last positions,
-    where its tokens are. Sums are float64 (:func:`target_logprobs`), as Python floats.
+    where its tokens are. Sums are float64 on the host (:func:`target_logprobs`: one transfer for
+    all the continuations), as Python floats.
     """
     longest = max(continuations, key=len)
     positions = len(longest)
@@ -164,8 +184,9 @@ def continuation_scores(head: Callable[[torch.Tensor], torch.Tensor] | None, hid
         raise ValueError(f"hidden must hold the longest continuation's {positions} positions; "
                          f"got {hidden.shape[0]}.")
     # a shorter continuation's row starts with the longest's first tokens: unscored filler
+    # made on the host: sliced_logprobs moves them once to where the logits are
     targets = torch.tensor([longest[:positions - len(c)] + list(c) for c in continuations],
-                           dtype=torch.long, device=hidden.device)  # (continuations, positions)
+                           dtype=torch.long)  # (continuations, positions)
     log_probs, greedy = target_logprobs(head, hidden, targets, softmax_dtype, slice_positions)
     return [(float(log_probs[m, positions - len(c):].sum()), bool(greedy[m, positions - len(c):].all()))
             for m, c in enumerate(continuations)]
@@ -178,6 +199,6 @@ __all__ = [
     "final_hidden_states",
     "log_softmax_dtype",
     "output_layer",
-    "sum_dtype",
+    "sliced_logprobs",
     "target_logprobs",
 ]
