@@ -17,7 +17,7 @@ from pathlib import Path
 from lmeval_ctx.common.model_args import parse_model_args
 from lmeval_ctx.common.paths import tasks_path
 from lmeval_ctx.methods.catalog import method_help
-from lmeval_ctx.report.results import RULER_THRESHOLD
+from lmeval_ctx.report.results import RELATIVE_FRACTION, RULER_THRESHOLD
 
 USAGE_ERROR, FAILED = 2, 1  # exit statuses, as argparse's own usage errors (2)
 
@@ -159,6 +159,9 @@ def _add_report(commands) -> None:
     command.add_argument("--threshold", type=float, default=RULER_THRESHOLD,
                          help="RULER's effective-length threshold: the suite average in percent a length must "
                               f"reach (default {RULER_THRESHOLD}, Llama-2-7B at 4k)")
+    command.add_argument("--relative-fraction", type=float, default=RELATIVE_FRACTION,
+                         help="relative effective length (NoLiMa): the share of a row's own score at its shortest "
+                              f"length a longer length must keep (default {RELATIVE_FRACTION})")
 
 
 def _report(command: argparse.ArgumentParser, args) -> int:
@@ -166,7 +169,8 @@ def _report(command: argparse.ArgumentParser, args) -> int:
 
     output = args.output or str(Path(args.run_dirs[0]) / "report")
     try:
-        written = write_report(args.run_dirs, output, log=_log, threshold=args.threshold)
+        written = write_report(args.run_dirs, output, log=_log, threshold=args.threshold,
+                               fraction=args.relative_fraction)
     except ValueError as error:
         _stop(command, USAGE_ERROR, error)
     print(written["table"])

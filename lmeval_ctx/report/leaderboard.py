@@ -12,8 +12,8 @@ from typing import Callable
 
 from lmeval_ctx.methods.catalog import factor_text
 from lmeval_ctx.report.results import (
-    EFFECTIVE_ACCURACY, NO_DATE, PASSKEY, PERPLEXITY, RULER, RULER_THRESHOLD, Measure, Run, Suite, Table,
-    suite_lengths, suite_members, suites_in,
+    EFFECTIVE_ACCURACY, KEY_COUNT_METRIC, KEY_PERPLEXITY_METRIC, NO_DATE, PASSKEY, PERPLEXITY, RELATIVE_FRACTION,
+    RULER, RULER_THRESHOLD, Measure, Run, Suite, Table, suite_lengths, suite_members, suites_in,
 )
 from lmeval_ctx.report.statistics import weighted_average
 
@@ -134,6 +134,35 @@ def effective_length_column(suite: Suite, threshold: float) -> Column:
     return Column(f"{suite.name} effective length ({rule})", cell, cell)
 
 
+def relative_effective_length_column(suite: Suite, fraction: float) -> Column:
+    """NoLiMa's relative effective length; ``< L`` where even the shortest fails (never, with a score there),
+    ``n/a`` where the shortest length scores 0."""
+    def cell(run: Run) -> str:
+        scores = run.suite_average(suite)
+        if not scores:
+            return ""
+        effective = run.relative_effective_length(suite, fraction)
+        return "n/a" if effective is None else str(effective)
+
+    return Column(f"{suite.name} relative effective length (≥ {fraction:.0%} of own shortest)", cell, cell)
+
+
+def key_token_columns(runs: list[Run]) -> list[Column]:
+    """longppl's ``key ppl@L`` (LongPPL) and, in the CSV, ``key tokens@L``, where any row chose key tokens."""
+    lengths = sorted({n for run in runs for n in run.extra_values(KEY_PERPLEXITY_METRIC)})
+
+    def cell(metric: str, length: int, text: Callable[[float], str]) -> Cell:
+        def read(run: Run) -> str:
+            measure = run.extra_values(metric).get(length)
+            return "" if measure is None else text(measure.value)
+        return read
+
+    return [column for n in lengths for column in (
+        Column(f"key ppl@{n}", cell(KEY_PERPLEXITY_METRIC, n, lambda v: compact(v, 2)),
+               cell(KEY_PERPLEXITY_METRIC, n, full)),
+        Column(f"key tokens@{n}", None, cell(KEY_COUNT_METRIC, n, lambda v: str(int(v)))))]
+
+
 def weighted_average_column(suite: Suite, increasing: bool) -> Column:
     """RULER's wAvg inc (or dec) over the lengths of the suite average."""
     def value(run: Run) -> float | None:
@@ -143,7 +172,8 @@ def weighted_average_column(suite: Suite, increasing: bool) -> Column:
                   lambda run: full(value(run)))
 
 
-def suite_columns(suite: Suite, runs: list[Run], threshold: float) -> tuple[list[Column], list[str]]:
+def suite_columns(suite: Suite, runs: list[Run], threshold: float,
+                  fraction: float = RELATIVE_FRACTION) -> tuple[list[Column], list[str]]:
     """A suite's columns (its members by length, averages, effective lengths) and their legend."""
     members, lengths = suite_members(runs, suite), suite_lengths(runs, suite)
     averaged = not suite.one_member and len(members) > 1
@@ -157,15 +187,24 @@ def suite_columns(suite: Suite, runs: list[Run], threshold: float) -> tuple[list
                       + (", weighted by samples (as lm-eval's group)" if suite.weight_by_size else
                          " (unweighted, as RULER averages its tasks)") + "; only where every member ran L.")
     if suite is PASSKEY:
-        columns.append(effective_length_column(suite, threshold))
+        columns += [effective_length_column(suite, threshold), relative_effective_length_column(suite, fraction)]
         legend.append(f"passkey effective length: the largest tested length whose passkey accuracy is ≥ "
                       f"{EFFECTIVE_ACCURACY} (YaRN's convention).")
     if suite is RULER:
-        columns += [effective_length_column(suite, threshold), weighted_average_column(suite, True),
-                    weighted_average_column(suite, False)]
+        columns += [effective_length_column(suite, threshold), relative_effective_length_column(suite, fraction),
+                    weighted_average_column(suite, True), weighted_average_column(suite, False)]
         legend.append(f"ruler effective length: the largest length whose RULER average is ≥ {threshold:g} % "
                       "(RULER's rule; 85.6 is Llama-2-7B at 4k; --threshold changes it). wAvg inc/dec: RULER's "
                       "averages over lengths with weights rising/falling linearly with the length.")
+    if suite in (PASSKEY, RULER):
+        legend.append(f"{suite.name} relative effective length: the largest length whose score is ≥ {fraction:.0%} "
+                      "of the row's own score at its shortest length (NoLiMa, Modarressi et al. 2025); n/a where "
+                      "that score is 0.")
+    if suite is PERPLEXITY and (key := key_token_columns(runs)):
+        columns += key
+        legend.append("key ppl@L: perplexity over the key tokens only (LongPPL, Fang et al. 2024): the tokens the "
+                      "run's evaluator predicts much better from the whole window than from its last K tokens, the "
+                      "same tokens for every method; the CSV has their count (key tokens@L).")
     return columns, legend
 
 
@@ -239,12 +278,13 @@ def data_column(runs: list[Run]) -> list[Column]:
 
 
 # -- the table ----------------------------------------------------------------------------------
-def columns_and_legend(runs: list[Run], threshold: float) -> tuple[list[Column], list[str]]:
+def columns_and_legend(runs: list[Run], threshold: float,
+                       fraction: float = RELATIVE_FRACTION) -> tuple[list[Column], list[str]]:
     """Every column in order (row, suites, parameters, tasks inside the window, data) and the legend."""
     columns, legend = row_columns(runs), []
     suites = suites_in(runs)
     for suite in suites:
-        more, lines = suite_columns(suite, runs, threshold)
+        more, lines = suite_columns(suite, runs, threshold, fraction)
         columns += more
         legend += lines
     if any(run.params for run in runs):
@@ -270,9 +310,10 @@ def repeat_notes(runs: list[Run]) -> list[str]:
             f"(this one {_date_text(run)})." for run in runs if "repeat run" in run.note]
 
 
-def leaderboard(runs: list[Run], threshold: float = RULER_THRESHOLD) -> Table:
-    """The table of ``runs``: per-suite values by length, effective lengths, tasks inside the window, settings."""
-    columns, legend = columns_and_legend(runs, threshold)
+def leaderboard(runs: list[Run], threshold: float = RULER_THRESHOLD, fraction: float = RELATIVE_FRACTION) -> Table:
+    """The table of ``runs``: per-suite values by length, effective lengths (RULER's absolute ``threshold``,
+    NoLiMa's relative ``fraction``), tasks inside the window, settings."""
+    columns, legend = columns_and_legend(runs, threshold, fraction)
     markdown = [column for column in columns if column.markdown is not None]
     csv = [column for column in columns if column.csv is not None]
     return Table(header=[column.title for column in markdown],

@@ -6,7 +6,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lmeval_ctx.report.results import PERPLEXITY, RULER, Run, Suite, suite_members, suites_in
+from lmeval_ctx.report.results import KEY_PERPLEXITY_METRIC, PERPLEXITY, RULER, Run, Suite, suite_members, suites_in
 from lmeval_ctx.report.samples import passkey_grid
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -133,8 +133,9 @@ def _length_axis(ax, runs: list[Run], lengths: set[int]) -> None:
     ax.set_xlabel("context length (tokens)")
 
 
-def _perplexity_axis(ax, values: list[float], model: str) -> None:
-    """Token perplexity, on a log scale when a method explodes (readable ticks there)."""
+def _perplexity_axis(ax, values: list[float], model: str, what: str = "token perplexity",
+                     title: str = "Long-range perplexity") -> None:
+    """A perplexity, on a log scale when a method explodes (readable ticks there)."""
     from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
 
     if max(values) / min(values) > 5:
@@ -142,10 +143,10 @@ def _perplexity_axis(ax, values: list[float], model: str) -> None:
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_locator(NullLocator())
-        ax.set_ylabel("token perplexity (log scale)")
+        ax.set_ylabel(f"{what} (log scale)")
     else:
-        ax.set_ylabel("token perplexity")
-    ax.set_title(f"Long-range perplexity by length\n{model}", fontsize=11)
+        ax.set_ylabel(what)
+    ax.set_title(f"{title} by length\n{model}", fontsize=11)
 
 
 def _score_axis(ax, suite: Suite, member: str | None, title: str, model: str, threshold: float) -> None:
@@ -162,25 +163,43 @@ def _score_axis(ax, suite: Suite, member: str | None, title: str, model: str, th
     ax.set_title(f"{title} by length\n{model}", fontsize=11)
 
 
+def _save_lines(runs: list[Run], lines: list, path: Path, value_axis) -> None:
+    """One line per ``(index, run, points)`` on the length axis, ``value_axis(ax)`` labelling the values."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for index, run, points in lines:
+        _draw_line(ax, index, legend_label(run, runs), points)
+    _length_axis(ax, runs, {n for _, _, points in lines for n in points})
+    value_axis(ax)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(title="method", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_curve(model: str, runs: list[Run], title: str, suite: Suite, member: str | None, path: Path,
                threshold: float) -> bool:
     """One line per row: the member's (or the suite average's) value by length; False if nothing to draw."""
     lines = [(index, run, points) for index, run in enumerate(runs) if (points := _points(run, suite, member))]
     if not lines:
         return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for index, run, points in lines:
-        _draw_line(ax, index, legend_label(run, runs), points)
-    _length_axis(ax, runs, {n for _, _, points in lines for n in points})
-    if suite is PERPLEXITY:
-        _perplexity_axis(ax, [value for _, _, points in lines for value, _ in points.values()], model)
-    else:
-        _score_axis(ax, suite, member, title, model, threshold)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(title="method", fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    values = [value for _, _, points in lines for value, _ in points.values()]
+    _save_lines(runs, lines, path, lambda ax: _perplexity_axis(ax, values, model) if suite is PERPLEXITY
+                else _score_axis(ax, suite, member, title, model, threshold))
+    return True
+
+
+def plot_key_token_curve(model: str, runs: list[Run], path: Path) -> bool:
+    """Key-token perplexity (LongPPL) by length, a line per row that chose key tokens; False if none did."""
+    lines = [(index, run, {n: (m.value, None) for n, m in run.extra_values(KEY_PERPLEXITY_METRIC).items()
+                           if m.value == m.value})  # NaN: no key token at that length
+             for index, run in enumerate(runs)]
+    lines = [line for line in lines if line[2]]
+    if not lines:
+        return False
+    values = [value for _, _, points in lines for value, _ in points.values()]
+    _save_lines(runs, lines, path, lambda ax: _perplexity_axis(ax, values, model, "key-token perplexity",
+                                                               "Key-token perplexity (LongPPL)"))
     return True
 
 
@@ -196,4 +215,7 @@ def plot_curves(runs: list[Run], output: Path, threshold: float) -> list[Path]:
             path = output / f"{name}_{slug(model)}.png"
             if plot_curve(model, model_runs, title, suite, member, path, threshold):
                 written.append(path)
+        path = output / f"key_token_perplexity_{slug(model)}.png"
+        if plot_key_token_curve(model, model_runs, path):
+            written.append(path)
     return written

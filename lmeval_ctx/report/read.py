@@ -20,8 +20,8 @@ from pathlib import Path
 from lmeval_ctx.common.model_args import parse_model_args, result_args
 from lmeval_ctx.methods.catalog import METHOD_OPTION_NAMES
 from lmeval_ctx.report.results import (
-    BABILONG, NO_DATE, PASSKEY, PASSKEY_METRIC, PERPLEXITY, PERPLEXITY_METRIC, RULER, Measure, ResultsFile, Run,
-    Suite, TaskResult,
+    BABILONG, KEY_COUNT_METRIC, KEY_PERPLEXITY_METRIC, NO_DATE, PASSKEY, PASSKEY_METRIC, PERPLEXITY,
+    PERPLEXITY_METRIC, RULER, Measure, ResultsFile, Run, Suite, TaskResult,
 )
 from lmeval_ctx.report.samples import add_sample_counts, number, samples_file
 from lmeval_ctx.taskdata.lengths import per_length_metric, split_per_length_metric
@@ -126,15 +126,35 @@ def per_length_result(task: str, metrics: dict, config: dict, n_samples: int | N
         return _ruler_style(task, metrics, digits)
     suite = suite_of(task, "at")
     metric = PERPLEXITY_METRIC if suite is PERPLEXITY else PASSKEY_METRIC if suite is PASSKEY else None
+    fixed = (config.get("dataset_kwargs") or {}).get("fixed_length")
+    if suite is PERPLEXITY and (at or fixed is not None):
+        result = _at_style(task, suite, metric, metrics, at) if at else \
+            _one_length(task, suite, metric, int(fixed), metrics, n_samples)
+        return _with_key_tokens(result, metrics, at, fixed)
     if at:
         return _at_style(task, suite, metric, metrics, at)
-    fixed = (config.get("dataset_kwargs") or {}).get("fixed_length")
-    if suite in (PASSKEY, PERPLEXITY) and fixed is not None:
+    if suite is PASSKEY and fixed is not None:
         return _one_length(task, suite, metric, int(fixed), metrics, n_samples)
     if suite is BABILONG:
         length = babilong_length((config.get("metadata") or {}).get("max_seq_lengths", "0k"))
         return _one_length(task, suite, "acc", length, metrics, n_samples)
     return None
+
+
+def _with_key_tokens(result: TaskResult | None, metrics: dict, at: dict, fixed) -> TaskResult | None:
+    """longppl's key-token perplexity and count by length (``key_token_perplexity@L`` or, at a fixed
+    length, ``key_token_perplexity``), beside its token perplexity; absent when the run chose no key tokens."""
+    if result is None:
+        return None
+    for metric in (KEY_PERPLEXITY_METRIC, KEY_COUNT_METRIC):
+        if metric in at:
+            values = {length: Measure(figure) for length, (_, _, figure) in at[metric].items()}
+        else:
+            figure = number(metrics.get(f"{metric},{_filter_of(metrics, metric)}"))
+            values = {int(fixed): Measure(figure)} if figure is not None and fixed is not None else {}
+        if values:
+            result.extra[metric] = values
+    return result
 
 
 def short_result(task: str, metrics: dict, config: dict, n_samples: int | None) -> TaskResult | None:
@@ -326,6 +346,8 @@ def _add_file(run: Run, results: ResultsFile) -> None:
         if task in run.tasks:
             run.tasks[task].values.update(result.values)
             run.tasks[task].sample_metrics.update(result.sample_metrics)
+            for metric, values in result.extra.items():
+                run.tasks[task].extra.setdefault(metric, {}).update(values)
         else:
             run.tasks[task] = result
 

@@ -4,8 +4,11 @@ A row (:class:`Run`) is one model x method x every setting that can change a res
 holds the :class:`TaskResult` of each task it ran, a per-length task's values as one
 :class:`Measure` per length. The effective-length rules live here, with the rows they
 read: passkey's largest length with accuracy >= 0.8 (YaRN, Peng et al. 2023,
-arXiv:2309.00071) and RULER's largest length whose suite average reaches a threshold
-(85.6 %, Llama-2-7B at 4k; Hsieh et al. 2024, arXiv:2404.06654).
+arXiv:2309.00071), RULER's largest length whose suite average reaches a threshold
+(85.6 %, Llama-2-7B at 4k; Hsieh et al. 2024, arXiv:2404.06654), and NoLiMa's relative
+one: the largest length whose score stays >= 85 % of the row's own score at its shortest
+length (Modarressi et al. 2025, arXiv:2502.05167), which a fixed threshold cannot tell apart
+from a weak model's collapse or a strong model's decline.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from lmeval_ctx.report.statistics import wilson_interval
 
 EFFECTIVE_ACCURACY = 0.8  # passkey's rule (YaRN's convention)
 RULER_THRESHOLD = 85.6  # RULER's rule: Llama-2-7B's average at 4k, in percent
+RELATIVE_FRACTION = 0.85  # NoLiMa's rule: the share of the shortest length's score a length must keep
 PASSKEY_METRIC, PERPLEXITY_METRIC = "acc", "token_perplexity"
+# longppl's key-token perplexity (LongPPL; Fang et al. 2024, arXiv:2410.23771) and its key-token count
+KEY_PERPLEXITY_METRIC, KEY_COUNT_METRIC = "key_token_perplexity", "key_tokens"
 NO_DATE = datetime.min.replace(tzinfo=timezone.utc)  # sorts a file or row without a date first
 
 
@@ -75,6 +81,8 @@ class TaskResult:
     values: dict[int, Measure] = field(default_factory=dict)  # length -> measure (per-length tasks)
     sample_metrics: dict[str, int] = field(default_factory=dict)  # per-sample metric name -> length
     short: Measure | None = None  # the primary metric of a task inside the window
+    # a per-length task's other figures by metric and length (longppl's key-token perplexity and count)
+    extra: dict[str, dict[int, Measure]] = field(default_factory=dict)
     metric: str = ""
     settings: str = ""  # canonical JSON of what determines the task's results besides the model
     data_identity: str | None = None
@@ -211,6 +219,22 @@ class Run:
         """RULER's rule: the largest length whose suite average (in %) is >= ``threshold``."""
         passing = [n for n, v in self.suite_average(RULER).items() if 100.0 * v >= threshold]
         return max(passing) if passing else None
+
+    def relative_effective_length(self, suite: Suite, fraction: float = RELATIVE_FRACTION) -> int | None:
+        """NoLiMa's rule: the largest length whose score (the suite average) is >= ``fraction`` x the row's own
+        score at its shortest length; None without lengths or when that score is 0 (every length would pass)."""
+        scores = self.suite_average(suite)
+        if not scores or scores[min(scores)] <= 0:
+            return None
+        passing = [n for n, v in scores.items() if v >= fraction * scores[min(scores)]]
+        return max(passing)
+
+    def extra_values(self, metric: str) -> dict[int, Measure]:
+        """A per-length metric beside the suite's own, by length (longppl's ``key_token_perplexity``)."""
+        out: dict[int, Measure] = {}
+        for _, result in sorted(self.tasks.items()):
+            out.update(result.extra.get(metric, {}))
+        return out
 
 
 def suites_in(runs: list[Run]) -> list[Suite]:

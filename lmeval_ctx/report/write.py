@@ -18,9 +18,9 @@ from lmeval_ctx.report.leaderboard import leaderboard, markdown_table
 from lmeval_ctx.report.page import write_page
 from lmeval_ctx.report.plots import plot_curves, plot_heatmaps
 from lmeval_ctx.report.read import read_runs
-from lmeval_ctx.report.results import RULER_THRESHOLD, Table
+from lmeval_ctx.report.results import RELATIVE_FRACTION, RULER_THRESHOLD, Table
 
-__all__ = ["RULER_THRESHOLD", "check_output", "write_report"]
+__all__ = ["RELATIVE_FRACTION", "RULER_THRESHOLD", "check_output", "write_report"]
 
 
 def check_threshold(threshold) -> float:
@@ -29,6 +29,14 @@ def check_threshold(threshold) -> float:
         raise ValueError(f"--threshold is RULER's score in percent (above 1, at most 100), e.g. 85.6; "
                          f"got {threshold!r}.")
     return threshold
+
+
+def check_fraction(fraction) -> float:
+    """NoLiMa's share of the shortest length's score (above 0, at most 1), or a ValueError naming the fix."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"--relative-fraction is the share of a row's shortest-length score a length must keep, "
+                         f"above 0 and at most 1, e.g. 0.85 (NoLiMa's); got {fraction!r}.")
+    return fraction
 
 
 def _cannot_hold(output: Path, reason: str) -> ValueError:
@@ -76,16 +84,19 @@ def write_csv(path: Path, table: Table) -> Path:
 
 
 def write_report(folders: list[str | Path], output: str | Path, log=print,
-                 threshold: float = RULER_THRESHOLD) -> dict:
+                 threshold: float = RULER_THRESHOLD, fraction: float = RELATIVE_FRACTION) -> dict:
     """Write the leaderboard, plots and page of the runs under ``folders`` to ``output``.
+
+    ``threshold``: RULER's absolute effective-length threshold (percent); ``fraction``: NoLiMa's
+    relative one (the share of each row's shortest-length score).
 
     Returns {"table": the Markdown text, "files": the paths written, "runs": the rows,
     "leaderboard": the :class:`Table`}.
     """
-    threshold = check_threshold(threshold)
+    threshold, fraction = check_threshold(threshold), check_fraction(fraction)
     output = check_output(output)
     runs = read_runs(folders)
-    table = leaderboard(runs, threshold)
+    table = leaderboard(runs, threshold, fraction)
     text = markdown_table(table)
     output = _create(output)
     (output / "leaderboard.md").write_text(text)

@@ -1,12 +1,16 @@
 """lm-eval hooks of the long-range perplexity tasks; the logic is lmeval_ctx.taskdata.longppl."""
 
 import logging
+import math
 from pathlib import Path
 
 import datasets
 
 from lmeval_ctx.common.args import parse_optional_bool
 from lmeval_ctx.taskdata.lengths import validate_lengths
+from lmeval_ctx.scoring.key_tokens import KEY_OFFSETS_FIELD
+from lmeval_ctx.taskdata.key_tokens import (KEY_TASK_KEYS, add_key_offsets, choose_key_tokens, key_token_settings,
+                                            window_tokens)
 from lmeval_ctx.taskdata.longppl import build_windows, read_corpus
 from lmeval_ctx.taskdata.task_classes import NotedTask, PerLengthTask, check_task_keys, check_window, dataset_notes
 from lmeval_ctx.common.checkpoint import load_tokenizer, tokenizer_args
@@ -19,7 +23,7 @@ CORPUS_KEYS = ("corpus_path", "corpus_name", "corpus_split", "corpus_files", "co
 # Earlier names of corpus settings, still accepted: no model argument uses them.
 CORPUS_ALIASES = {"dataset_path": "corpus_path", "dataset_name": "corpus_name", "split": "corpus_split",
                   "data_files": "corpus_files"}
-TASK_KEYS = ("lengths", "fixed_length", *CORPUS_KEYS, "num_docs", "stride", "span", *CORPUS_ALIASES)
+TASK_KEYS = ("lengths", "fixed_length", *CORPUS_KEYS, "num_docs", "stride", "span", *CORPUS_ALIASES, *KEY_TASK_KEYS)
 
 
 def _corpus_settings(kwargs: dict, fixed: bool) -> dict:
@@ -62,6 +66,7 @@ def longppl_dataset(fixed_length=None, lengths=None, num_docs=None, stride=None,
         raise ValueError('The longppl task needs its lengths: --metadata \'{"lengths": [2048, 4096, 8192]}\'.')
     lengths = validate_lengths([fixed_length] if fixed_length is not None else lengths)
     corpus = _corpus_settings(kwargs, fixed=fixed_length is not None)
+    key = key_token_settings(kwargs, stride)
     if stride is not None and span is None:
         span = max(lengths)  # the documented default: the span is the longest length
     tokenizer = load_tokenizer(tokenizer_args(kwargs))
@@ -69,9 +74,9 @@ def longppl_dataset(fixed_length=None, lengths=None, num_docs=None, stride=None,
     documents, identity = read_corpus(corpus["corpus_path"], corpus["corpus_name"], corpus["corpus_files"],
                                       corpus["text_field"] or "text", corpus["corpus_split"] or "test",
                                       corpus["corpus_revision"], num_docs)
+    add_special_tokens = parse_optional_bool(kwargs.get("add_bos_token"), "add_bos_token")
     windows, left_out = build_windows(tokenizer, documents, lengths, stride=stride, span=span,
-                                      add_special_tokens=parse_optional_bool(kwargs.get("add_bos_token"),
-                                                                             "add_bos_token"))
+                                      add_special_tokens=add_special_tokens)
     for length, count in left_out.items():
         if count:
             eval_logger.warning("longppl: %d of %d documents are empty or shorter than %s tokens and are left out "
@@ -80,6 +85,10 @@ def longppl_dataset(fixed_length=None, lengths=None, num_docs=None, stride=None,
              "variant": f"sliding window, stride {stride}, span {span}" if stride else "truncation",
              "data_identity": identity}
     rows = [window.as_doc() for window in windows]
+    if key is not None:  # LongPPL: every window's key tokens, chosen once by the evaluator
+        chosen, notes["key_tokens"] = choose_key_tokens(key, kwargs, tokenizer, rows,
+                                                        window_tokens(tokenizer, documents, rows, add_special_tokens))
+        add_key_offsets(rows, chosen)
     return {"test": datasets.Dataset.from_list(rows, info=datasets.DatasetInfo(description=dataset_notes(notes)))}
 
 
@@ -92,18 +101,35 @@ def doc_to_continuation(doc):
 
 
 def process_results(doc, results):
-    loglikelihood, _ = results[0]
-    return {
+    answer = results[0]
+    loglikelihood, _ = answer
+    metrics = {
         "token_perplexity": (loglikelihood, doc["scored_tokens"]),
         "word_perplexity": (loglikelihood, doc["words"]),
         "bits_per_byte": (loglikelihood, doc["bytes"]),
         "docs": int(doc["first_of_document"]),
         "tokens": doc["scored_tokens"],
     }
+    if doc.get(KEY_OFFSETS_FIELD) is None:
+        return metrics
+    if not hasattr(answer, "key_logprob"):
+        raise ValueError(
+            "key_tokens: the model answered with one log-probability sum per window, as lm-eval's loglikelihood "
+            "does, and key-token perplexity needs the key tokens' own. Run with --model ctx-hf (scaling=none for the "
+            "model as it is), which scores them in the same pass; without --use_cache, whose entries hold sums only.")
+    metrics["key_token_perplexity"] = (answer.key_logprob, answer.key_count)
+    metrics["key_tokens"] = answer.key_count
+    return metrics
 
 
 def total(items):
     return sum(items)
+
+
+def key_token_perplexity(items):
+    """``exp(-sum of key log-probs / key tokens)``; NaN when no window has a key token."""
+    count = sum(n for _, n in items)
+    return math.exp(-sum(logprob for logprob, _ in items) / count) if count else float("nan")
 
 
 class LongPerplexityTask(NotedTask):
