@@ -8,16 +8,19 @@ and the window from ``max_model_len``. The same resolution and validation as
 - ``pi``: ``rope_type: linear``; ``yarn``: ``rope_type: yarn`` with its options, an explicit
   ``attention_factor`` translated (see :func:`vllm_yarn_parameters`); ``ntk_by_parts``: YaRN
   with ``attention_factor=1`` translated the same way;
-  ``dynamic_ntk``: ``rope_type: dynamic`` (``max_position_embeddings`` set to the
-  original length, which vLLM reads as such); ``ntk``: the default rope type with
-  ``rope_theta`` scaled by ``s^(d/(d-2))``.
+  ``ntk``: the default rope type with ``rope_theta`` scaled by ``s^(d/(d-2))``;
+  ``dynamic_ntk`` is refused (vLLM's ``dynamic`` is one base for every length, see
+  :func:`vllm_engine_args`).
 - ``llama3``: ``rope_type: llama3`` with its options; ``rope_theta=``: the base override,
   written into ``rope_parameters`` (with ``scaling=none`` too).
 - per-layer-type models (Gemma 3): only the layer types ``ctx-hf`` scales are
   scaled (``scale_layer_types`` as for ``ctx-hf``).
-- Refused with a clear error: ALiBi models (vLLM has no slope override to carry
-  NTK-ALiBi); the attention-level methods and ``logn`` (they replace transformers'
-  attention function, which vLLM does not run).
+- ALiBi models (BLOOM, Falcon-ALiBi): ``pi`` and ``ntk`` slopes, carried into vLLM by
+  :mod:`lmeval_ctx.extension.vllm_alibi`.
+- The window: ``max_model_len`` (the window + 1, see :func:`vllm_engine_args`), and the config's ``model_max_length`` set to it so vLLM accepts a
+  window above the trained length for every rope type (see :func:`vllm_engine_args`).
+- Refused with a clear error: the attention-level methods and ``logn`` (they replace
+  transformers' attention function, which vLLM does not run).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from lmeval_ctx.common.checkpoint import text_config
 from lmeval_ctx.extension.lifecycle import extend
 from lmeval_ctx.extension.request import EXTENSION_ARGS as CTX_HF_EXTENSION_ARGS
 from lmeval_ctx.extension.request import ContextExtension
+from lmeval_ctx.extension.vllm_alibi import SLOPES_FIELD, alibi_overrides
 from lmeval_ctx.methods.catalog import ATTENTION_METHODS
 
 
@@ -69,11 +73,15 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         raise TypeError(f"Unknown context-extension argument(s): {', '.join(sorted(unknown))}.")
     edited = copy.deepcopy(config)
     ext = extend(edited, {**request, "max_length": max_model_len}).extension
-    if ext.family == "alibi" and ext.method != "none":
+    if ext.family == "rope" and ext.method == "dynamic_ntk":
+        # vllm/model_executor/layers/rotary_embedding/dynamic_ntk_scaling_rope.py: one base for every
+        # length, base * (s * max_position / max_trained - (s - 1))^(d/(d-2)), which is the unscaled
+        # base when both are the trained length, and a cos/sin table of max_position rows only
         raise ValueError(
-            f"ctx-vllm applies RoPE methods only; {ext.model_type} uses ALiBi, whose slopes vLLM cannot be told to "
-            "change. Run ALiBi methods with --model ctx-hf."
-        )
+            "scaling=dynamic_ntk is not possible in ctx-vllm: vLLM's 'dynamic' rotary embedding computes one base "
+            "for every length (the unscaled one at the trained length) and a table of the trained length's "
+            "positions, not transformers' per-length dynamic NTK. Use scaling=ntk (a fixed NTK base) or run "
+            "dynamic_ntk with --model ctx-hf.")
     if ext.attention_level:
         what = "logn=true" if ext.method not in ATTENTION_METHODS else f"scaling={ext.method}"
         raise ValueError(f"{what} changes the attention computation, which ctx-vllm cannot reach (vLLM runs its own "
@@ -82,17 +90,52 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     if not isinstance(overrides, dict):
         raise ValueError(f"hf_overrides must be a dict of config fields; got {type(hf_overrides).__name__}.")
     engine: dict = {}
-    if ext.method != "none" or "rope_theta" in ext.options:
-        clash = {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"} & set(overrides)
-        if clash:
-            raise ValueError(f"hf_overrides sets {', '.join(sorted(clash))} while scaling={ext.method} sets the "
-                             "RoPE parameters: pass one or the other.")
-        cfg, original = text_config(edited), text_config(config)
-        overrides["rope_parameters"] = vllm_yarn_parameters(cfg.rope_parameters)
-        if cfg.max_position_embeddings != original.max_position_embeddings:
-            overrides["max_position_embeddings"] = cfg.max_position_embeddings
+    if ext.family == "alibi" and ext.method != "none":
+        _refuse_clash(overrides, {"architectures", SLOPES_FIELD}, ext.method)
+        overrides.update(alibi_overrides(ext, config))
+    elif ext.method != "none" or "rope_theta" in ext.options:
+        _refuse_clash(overrides, {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"},
+                      ext.method)
+        overrides["rope_parameters"] = vllm_yarn_parameters(text_config(edited).rope_parameters)
+    if ext.max_length is not None:
+        # a window of L tokens is scored as L + 1 (lm-eval conditions the first on a prefix token; the
+        # last is only a target, as ctx-hf counts it), and vLLM runs every prompt token, the last too:
+        # without the extra position lm-eval's vLLM model cuts the conditioning token off a full window
+        engine["max_model_len"] = ext.max_length + 1
+        # vLLM refuses a max_model_len above the length it derives from the config (the trained
+        # length, times the factor for some rope types only, capped by the tokenizer's) unless the
+        # config's model_max_length allows it: state the window there rather than setting
+        # VLLM_ALLOW_LONG_MAX_MODEL_LEN for the whole process (vllm/config/model.py,
+        # _get_and_verify_max_len). model_max_length is read for nothing else.
+        overrides.setdefault("model_max_length", engine["max_model_len"])
+        _cover_the_window(overrides, text_config(edited), engine["max_model_len"])
     if overrides:
         engine["hf_overrides"] = overrides
-    if ext.max_length is not None:
-        engine["max_model_len"] = ext.max_length
     return ext, engine
+
+
+# vLLM's rotary embeddings whose cos/sin table has max_position_embeddings rows (default, llama3) or that
+# many times the factor (linear): a longer window needs a longer table, which changes no frequency
+_TABLE_SIZED_BY_MAX_POSITION = {"default", "llama3", "linear"}
+
+
+def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
+    """``max_position_embeddings`` raised to ``positions`` where vLLM sizes its rotary table by it.
+
+    vLLM looks each position up in a table of ``max_position_embeddings`` rows (vllm/model_executor/
+    layers/rotary_embedding/base.py), so without this a window past the trained length fails there
+    (ntk, rope_theta, llama3, none with a longer max_length). YaRN's table is sized by its original
+    length times the factor, and LongRoPE reads the field as part of its scale: both are left alone."""
+    params = overrides.get("rope_parameters", getattr(cfg, "rope_parameters", None)) or {}
+    nested = params and all(isinstance(v, dict) for v in params.values())
+    types = {v.get("rope_type", "default") for v in params.values()} if nested else {params.get("rope_type", "default")}
+    trained = getattr(cfg, "max_position_embeddings", None)
+    if trained is not None and trained < positions and types <= _TABLE_SIZED_BY_MAX_POSITION:
+        overrides.setdefault("max_position_embeddings", positions)
+
+
+def _refuse_clash(overrides: dict, fields: set, method: str) -> None:
+    clash = fields & set(overrides)
+    if clash:
+        raise ValueError(f"hf_overrides sets {', '.join(sorted(clash))} while scaling={method} sets them: pass one "
+                         "or the other.")

