@@ -22,11 +22,8 @@ from __future__ import annotations
 import inspect
 import re
 
-import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import Collator
-from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
 from lmeval_ctx.common.args import parse_bool, reject_misspelt_keys
@@ -35,7 +32,8 @@ from lmeval_ctx.extension.lifecycle import ExtensionRequest, ExtensionState, att
 from lmeval_ctx.extension.request import EXTENSION_ARGS, ContextExtension
 from lmeval_ctx.extension.window import lm_eval_window
 from lmeval_ctx.methods.catalog import METHODS, method_help
-from lmeval_ctx.scoring import logprobs as scoring
+from lmeval_ctx.scoring.hf_batches import SlicedScoring
+from lmeval_ctx.scoring.key_tokens import key_token_loglikelihood
 from lmeval_ctx.scoring.prefix_sharing import plan_shared_prefixes
 from lmeval_ctx.scoring.response_cache import install as install_response_cache_keys
 from lmeval_ctx.scoring.response_cache import settings_digest
@@ -54,7 +52,7 @@ UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
 @register_model("ctx-hf")
-class CtxHFLM(HFLM):
+class CtxHFLM(SlicedScoring, HFLM):
     """HFLM plus a context-extension method and its settings.
 
     Args (beyond HFLM's):
@@ -71,10 +69,10 @@ class CtxHFLM(HFLM):
             the layer types the method scales: ``all`` or types joined by ``+`` (e.g.
             ``full_attention``). By default the types whose attention reaches beyond the trained
             context (``lmeval_ctx.extension.layers``); the others keep their RoPE.
-        alibi_attention: ALiBi models' attention: ``auto`` (default; a block of queries at a
-            time, in memory linear in the length, or flash-attn's ALiBi kernel on CUDA when
-            installed), ``blocked``, or ``transformers`` (its own, ``heads x length^2``).
-            See docs/alibi_attention.md.
+        attention_engine: what runs the attention-level methods and ALiBi: ``auto`` (default:
+            FlexAttention where it runs and is faster, else the block path), ``flex``, ``blocks``,
+            or on ALiBi models ``transformers`` (its own attention, ``heads x length^2``); the run's
+            record says which ran (lmeval_ctx/extension/flex.py). ``alibi_attention``: its old name.
         max_length (HFLM's): the window; defaults to ``original_max_length * factor`` with a method
             (``lmeval_ctx.extension.window``).
         truncation (HFLM's): true lets lm-eval cut over-long requests from the left; by
@@ -87,10 +85,10 @@ class CtxHFLM(HFLM):
 
     # ctx-hf's own arguments, beyond those HFLM takes: the context extension's (resolve_extension's
     # keywords and the methods' options, lmeval_ctx.extension.request.EXTENSION_ARGS) and these
-    CONTEXT_ARGS = (*EXTENSION_ARGS, "alibi_attention", "truncation")
+    CONTEXT_ARGS = (*EXTENSION_ARGS, "attention_engine", "alibi_attention", "truncation")
 
-    def __init__(self, pretrained, alibi_attention: str | None = None, max_length: int | None = None,
-                 truncation: bool | str | None = False, **kwargs) -> None:
+    def __init__(self, pretrained, attention_engine: str | None = None, alibi_attention: str | None = None,
+                 max_length: int | None = None, truncation: bool | str | None = False, **kwargs) -> None:
         reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
                              accepted=(*inspect.signature(HFLM.__init__).parameters, *PASSED_THROUGH_ARGS))
         truncation = False if truncation is None else parse_bool(truncation, "truncation")
@@ -99,7 +97,7 @@ class CtxHFLM(HFLM):
         #    before the model is built from it.
         self._request = ExtensionRequest.from_model_args(
             {name: kwargs.pop(name) for name in EXTENSION_ARGS if name in kwargs},
-            max_length=max_length, alibi_attention=alibi_attention)
+            max_length=max_length, attention_engine=attention_engine, alibi_attention=alibi_attention)
         self._extension: ExtensionState | None = None  # what runs: written by _get_config, attached below
         super().__init__(pretrained=pretrained, max_length=max_length, truncation=truncation, **kwargs)
         # 2. The built model: the tokenizer's own limit kept (the window may raise it), then the
@@ -251,6 +249,10 @@ class CtxHFLM(HFLM):
             attention_mask = attention_mask[:, -left_truncate_len:]
         return input_ids, attention_mask
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        # longppl's key-token windows (LongPPL) get their key tokens' log-probs too: lmeval_ctx.scoring.key_tokens
+        return key_token_loglikelihood(self, requests, super().loglikelihood, disable_tqdm)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         if not self.truncation:
             for _, context_enc, continuation_enc in requests:
@@ -313,125 +315,6 @@ class CtxHFLM(HFLM):
             for i, answer in zip(indices, run([requests[i] for i in indices]), strict=True):
                 results[i] = answer
         return results
-
-    # -- scoring: log-probabilities from the final hidden states, a slice of positions at a time ------
-    # Positions per slice of output-layer logits (lmeval_ctx.scoring.logprobs). 0 scores from full logits as
-    # HFLM does: batch x length x vocabulary floats at once (a switch for comparisons and benchmarks).
-    logits_slice: int = scoring.DEFAULT_SLICE_POSITIONS
-    _full_logits_noted = False
-
-    def _output_layer(self):
-        """The model's output layer for sliced scoring, or None to score from full logits."""
-        if isinstance(self.logits_slice, bool) or not isinstance(self.logits_slice, int) or self.logits_slice < 0:
-            raise ValueError(f"logits_slice must be a whole number of positions >= 0 (0: full logits); "
-                             f"got {self.logits_slice!r}.")
-        if self.logits_slice == 0 or self.backend != "causal":
-            return None
-        head = scoring.output_layer(self.model)
-        if head is None and not self._full_logits_noted:
-            eval_logger.warning(
-                "lmeval-ctx: %s is not in lmeval_ctx.scoring.logprobs.AFTER_OUTPUT_LAYER; scoring from full logits "
-                "(batch x length x vocabulary floats at once)", type(self.model).__name__)
-            self._full_logits_noted = True
-        return head
-
-    def _autocast(self):
-        """The mixed-precision context HFLM's forward pass runs in (off unless mixed_precision_dtype is set)."""
-        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                              enabled=self.mixed_precision_dtype is not None)
-
-    def _model_call(self, inps, attn_mask=None, labels=None, final_hidden_states: bool = False):
-        """HFLM's forward pass; with ``final_hidden_states``, the decoder's output instead of logits."""
-        if not final_hidden_states:
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
-        with torch.no_grad(), self._autocast():
-            return scoring.final_hidden_states(self.model, inps)  # (batch, length, hidden)
-
-    def _score_batches(self, requests, disable_tqdm: bool = False, override_bs=None) -> list[tuple[float, bool]]:
-        """lm-eval's batched loglikelihood scoring, from sliced logits where the model allows.
-
-        Batches are HFLM's: longest first, right-padded, the batch size fixed or detected
-        (``batch_size=auto``); with ``logits_cache``, requests sharing context + continuation
-        minus its last token (answer choices) run as one row. Each row's continuation
-        positions alone go through the output layer (or, without one, are cut from full
-        logits). Answers are ``(sum of log-probs, every token the argmax)`` per request, as
-        HFLM's, but log-softmaxed in float32 and summed in float64 (lmeval_ctx.scoring.logprobs).
-        """
-        if self.backend != "causal":  # encoder-decoder models: HFLM's own scoring
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        head = self._output_layer()
-        collator = Collator(
-            requests,
-            sort_fn=lambda request: (-len(request[1] + request[2]), tuple(request[1] + request[2])),
-            group_by="contexts" if self.logits_cache else None,
-            group_fn=lambda request: request[1] + request[2][:-1],  # the tokens the model reads
-        )
-        auto = self.batch_size == "auto"
-        batch_fn = self._batch_scheduler if auto and len(collator) > 0 and not override_bs else None
-        if batch_fn is not None:
-            self.batch_sizes = {}  # detect again for these requests, as HFLM does
-        batch_size = (override_bs if override_bs is not None else 0) if auto else self.batch_size
-        answers: list[tuple[float, bool]] = []
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
-                        desc="Running loglikelihood requests")
-        for batch in collator.get_batched(n=batch_size, batch_fn=batch_fn):
-            inputs = [self._scored_input(context_enc, continuation_enc) for _, context_enc, continuation_enc in batch]
-            width = max(len(tokens) for tokens in inputs)
-            batched = pad_and_concat(width, [torch.tensor(tokens, dtype=torch.long, device=self.device)
-                                             for tokens in inputs], padding_side="right")
-            # (batch, width, hidden), or without an output layer for slices (batch, width, vocabulary)
-            hidden = self._model_call(batched, final_hidden_states=head is not None)
-            for row, ((request_str, context_enc, continuation_enc), tokens) in enumerate(zip(batch, inputs)):
-                end = len(tokens) + hidden.shape[1] - width  # after the row's last input (and any virtual tokens)
-                scored = hidden[row:row + 1, end - len(continuation_enc):end]  # (1, continuation, hidden)
-                # this row's request and any sharing its input (the longest continuation is this row's)
-                members = [(s, c) for s, c, _ in collator.get_cache(req_str=request_str, cxt_toks=context_enc,
-                                                                     cont_toks=continuation_enc, logits=scored)]
-                for answer, (member_str, _) in zip(self._continuation_scores(head, scored[0], members), members,
-                                                   strict=True):
-                    answers.append(answer)
-                    if member_str is not None:
-                        self.cache_hook.add_partial("loglikelihood", member_str, answer)
-                progress.update(len(members))
-        progress.close()
-        return collator.get_original(answers)
-
-    def _scored_input(self, context_enc: list[int], continuation_enc: list[int]) -> list[int]:
-        """The tokens a request's row reads: all but the last, cut from the left to the window."""
-        assert context_enc and continuation_enc, "lm-eval sends a non-empty context and continuation"
-        tokens = context_enc + continuation_enc
-        if len(tokens) > self.max_length + 1:  # only reached with truncation=True
-            eval_logger.warning("truncation=True: cutting %d tokens from the left of a request of %d",
-                                len(tokens) - self.max_length - 1, len(tokens))
-        return tokens[-(self.max_length + 1):][:-1]
-
-    def _continuation_scores(self, head, hidden: torch.Tensor, members) -> list[tuple[float, bool]]:
-        """``(log-prob sum, all argmax)`` of each ``(request, continuation)`` member from one row's
-        ``hidden`` (its full logits where ``head`` is None), by lmeval_ctx.scoring.logprobs."""
-        with torch.no_grad(), self._autocast():
-            return scoring.continuation_scores(head, hidden, [list(c) for _, c in members],
-                                               self.softmax_dtype, self.logits_slice or scoring.DEFAULT_SLICE_POSITIONS)
-
-    @torch.no_grad()
-    def _token_logprobs(self, tokens: list[int], first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of ``tokens[first + 1:]`` given all tokens before each (float64, log-softmaxed
-        in float32 or ``softmax_dtype``), and whether each is the argmax, in one forward pass.
-
-        The output layer runs a slice of positions at a time (full logits, sliced only for the
-        log-softmax, where the model is not in lmeval_ctx.scoring.logprobs's table or logits_slice=0).
-        """
-        inputs = torch.tensor([tokens[:-1]], dtype=torch.long, device=self.device)
-        targets = torch.tensor([tokens[first + 1:]], dtype=torch.long, device=self.device)
-        head = self._output_layer()
-        if head is None:
-            logits = self._model_call(inputs)[0, first:]  # (positions, vocabulary)
-            logprobs, greedy = scoring.target_logprobs(None, logits, targets, self.softmax_dtype)
-        else:
-            hidden = self._model_call(inputs, final_hidden_states=True)[0, first:]  # (positions, hidden)
-            with self._autocast():
-                logprobs, greedy = scoring.target_logprobs(head, hidden, targets, self.softmax_dtype,
-                                                           self.logits_slice)
-        return logprobs[0].cpu(), greedy[0].cpu()
 
 
 if CtxHFLM.__doc__:  # (None under python -OO) the method table's names and options, never a stale copy
