@@ -152,3 +152,17 @@ def run(model, padded):
     ids, mask, positions = padded_inputs(padded)
     with torch.no_grad():
         return model(ids, attention_mask=mask, position_ids=positions).logits
+
+
+def cached_decoding(model, prefill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of a prefill of ``prefill`` tokens of ``IDS[:1]`` and then one token at a time
+    from the cache (queries fewer than keys), and the full forward's logits at the same positions."""
+    ids = IDS[:1]
+    with torch.no_grad():
+        full = model(ids).logits[0]
+        out = model(ids[:, :prefill], use_cache=True)
+        steps = [out.logits[0, -1]]
+        for t in range(prefill, LENGTH - 1):
+            out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
+            steps.append(out.logits[0, -1])
+    return torch.stack(steps), full[prefill - 1:LENGTH - 1]

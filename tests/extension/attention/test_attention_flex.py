@@ -13,7 +13,7 @@ import logging
 
 import pytest
 import torch
-from attention_reference import CASES, IDS, LENGTH, ORIGINAL, PAD, Reference, padded_inputs, run, tiny, with_method
+from attention_reference import cached_decoding, CASES, IDS, LENGTH, ORIGINAL, PAD, Reference, padded_inputs, run, tiny, with_method
 
 from lmeval_ctx.extension import flex
 from lmeval_ctx.extension.attention import flex_kernel
@@ -83,15 +83,8 @@ def test_kv_cache_decoding_and_half_precision_through_flex():
     """A prefill past the trained length then one token at a time from the cache (queries fewer
     than keys) gives the full forward's logits; bfloat16 inputs give the float32 computation rounded."""
     model = with_method("llama", "self_extend", CASES["self_extend"][0], logn=True, engine="flex")
-    ids, prefill = IDS[:1], LENGTH - 4
-    with torch.no_grad():
-        full = model(ids).logits[0]
-        out = model(ids[:, :prefill], use_cache=True)
-        steps = [out.logits[0, -1]]
-        for t in range(prefill, LENGTH - 1):
-            out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits[0, -1])
-    torch.testing.assert_close(torch.stack(steps), full[prefill - 1:LENGTH - 1], atol=TOLERANCE, rtol=0)
+    steps, full = cached_decoding(model, LENGTH - 4)
+    torch.testing.assert_close(steps, full, atol=TOLERANCE, rtol=0)
     model = with_method("llama", "rerope", CASES["rerope"][0], engine="flex")  # no log-n: it scales in the input dtype
     module = attention_patch.attention_modules(model)[0]
     generator = torch.Generator().manual_seed(5)

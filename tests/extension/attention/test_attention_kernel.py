@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 from attention_reference import (
+    cached_decoding,
     ARCHS,
     CASES,
     IDS,
@@ -70,15 +71,8 @@ def test_kv_cache_decoding_equals_a_full_forward(arch, method):
     """A prefill past the trained length, then one token at a time from the cache (which holds
     keys at their true positions), gives the full forward's logits; log-n scaling on throughout."""
     model = with_method(arch, method, CASES[method][0], logn=True)
-    ids, prefill = IDS[:1], LENGTH - 8
-    with torch.no_grad():
-        full = model(ids).logits[0]
-        out = model(ids[:, :prefill], use_cache=True)
-        steps = [out.logits[0, -1]]
-        for t in range(prefill, LENGTH - 1):
-            out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits[0, -1])
-    torch.testing.assert_close(torch.stack(steps), full[prefill - 1:LENGTH - 1], atol=1e-5, rtol=0)
+    steps, full = cached_decoding(model, LENGTH - 8)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
 
 
 def test_generate_with_left_padding_equals_unpadded():

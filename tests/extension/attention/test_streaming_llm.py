@@ -7,7 +7,7 @@ decoding, and the refusals (ALiBi, a factor, ctx-vllm)."""
 import pytest
 import torch
 import transformers
-from attention_reference import ARCHS, IDS, LENGTH, ORIGINAL, Reference, padded_inputs, run, tiny, with_method
+from attention_reference import cached_decoding, ARCHS, IDS, LENGTH, ORIGINAL, Reference, padded_inputs, run, tiny, with_method
 
 from lmeval_ctx.extension.attention import kernel as attention_kernel
 from lmeval_ctx.extension.attention import patch as attention_patch
@@ -120,15 +120,8 @@ def test_a_cache_that_never_fills_changes_nothing(arch):
 
 def test_kv_cache_decoding_equals_a_full_forward():
     model = with_method("llama", "streaming_llm", dict(n_sink=4, window=20))
-    ids, prefill = IDS[:1], LENGTH - 8
-    with torch.no_grad():
-        full = model(ids).logits[0]
-        out = model(ids[:, :prefill], use_cache=True)
-        steps = [out.logits[0, -1]]
-        for t in range(prefill, LENGTH - 1):
-            out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits[0, -1])
-    assert (torch.stack(steps) - full[prefill - 1:LENGTH - 1]).abs().max() <= 1e-5
+    steps, full = cached_decoding(model, LENGTH - 8)
+    assert (steps - full).abs().max() <= 1e-5
 
 
 def test_refusals_name_the_fix():

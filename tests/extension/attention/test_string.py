@@ -7,7 +7,7 @@ refusals (ALiBi, a factor, ctx-vllm)."""
 import pytest
 import torch
 import transformers
-from attention_reference import ARCHS, IDS, LENGTH, ORIGINAL, Reference, padded_inputs, run, tiny, with_method
+from attention_reference import cached_decoding, ARCHS, IDS, LENGTH, ORIGINAL, Reference, padded_inputs, run, tiny, with_method
 
 from lmeval_ctx.extension.attention import kernel as attention_kernel
 from lmeval_ctx.extension.attention import patch as attention_patch
@@ -88,15 +88,8 @@ def test_a_shift_as_long_as_the_input_changes_nothing(arch):
 
 def test_kv_cache_decoding_equals_a_full_forward():
     model = with_method("qwen2", "string", dict(shift=20, local_window=5))
-    ids, prefill = IDS[:1], LENGTH - 8
-    with torch.no_grad():
-        full = model(ids).logits[0]
-        out = model(ids[:, :prefill], use_cache=True)
-        steps = [out.logits[0, -1]]
-        for t in range(prefill, LENGTH - 1):
-            out = model(ids[:, t:t + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits[0, -1])
-    assert (torch.stack(steps) - full[prefill - 1:LENGTH - 1]).abs().max() <= 1e-5
+    steps, full = cached_decoding(model, LENGTH - 8)
+    assert (steps - full).abs().max() <= 1e-5
 
 
 def test_refusals_name_the_fix():
