@@ -30,15 +30,15 @@ eval_logger = logging.getLogger(__name__)
 def lm_eval_window(config, tokenizer_max_length: int | None = None) -> int:
     """lm-eval's window for a Hugging Face model given neither ``max_length`` nor a method's window.
 
-    lm-eval's own rule (``resolve_max_length``, ``HFLM._DEFAULT_MAX_LENGTH``): the config's length
+    lm-eval's own rule (``resolve_max_length``, ``DEFAULT_MAX_LENGTH``, HFLM's default): the config's length
     field (``n_positions``, ``max_position_embeddings``, ``n_ctx``), else the tokenizer's
     ``model_max_length`` (``tokenizer_max_length``: the tokenizer's own, as shipped), else 2048.
     """
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.models.utils import resolve_max_length
+    # lm_eval.models.utils, not HFLM's module: ctx-vllm reads this too, and that module needs accelerate
+    from lm_eval.models.utils import DEFAULT_MAX_LENGTH, resolve_max_length
 
     tokenizer = SimpleNamespace(model_max_length=tokenizer_max_length)  # all resolve_max_length reads of it
-    return resolve_max_length(config, tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)
+    return resolve_max_length(config, tokenizer, default=DEFAULT_MAX_LENGTH)
 
 
 def evaluation_window(extension: ContextExtension, default_window: int | Callable[[], int] | None) -> int | None:

@@ -47,10 +47,12 @@ def dataset_notes(notes: dict) -> str:
 @functools.cache
 def _model_arg_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(the context-extension arguments of ``ctx-hf``, lm-eval HF model arguments)."""
-    from lm_eval.models.huggingface import HFLM
-
     # max_length is HFLM's (accepted as it is), so RULER's max_seq_lengths is not taken for a misspelling of it
     method = [name for name in EXTENSION_ARGS if name != "max_length"]
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:  # its module needs accelerate, which a ctx-vllm install need not have: no HF args in play
+        return tuple(method), ()
     hf = [name for name in inspect.signature(HFLM.__init__).parameters if name not in ("self", "kwargs")]
     return tuple(method), tuple(hf)
 

@@ -74,3 +74,21 @@ def test_an_unreadable_config_leaves_the_check_to_the_model(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lmeval_ctx.extension.window"):
         assert model_window({"pretrained": str(tmp_path / "missing"), "scaling": "pi", "factor": 2}) is None
     assert "Could not read the config of" in caplog.text and "checked by the model instead" in caplog.text
+
+
+def test_the_window_and_the_task_checks_need_no_hf_model_module():
+    """ctx-vllm reads the default window and the tasks check their keys, where lm-eval's HF model
+    module (which needs accelerate) need not import: both work with that module unimportable."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['lm_eval.models.huggingface'] = None\n"
+            "from transformers import LlamaConfig\n"
+            "from lmeval_ctx.extension.window import lm_eval_window\n"
+            "from lmeval_ctx.taskdata.task_classes import check_task_keys\n"
+            "assert lm_eval_window(LlamaConfig(max_position_embeddings=4096)) == 4096\n"
+            "from types import SimpleNamespace\n"
+            "assert lm_eval_window(SimpleNamespace()) == 2048\n"
+            "check_task_keys({'lengths': [1024]}, ['lengths'], task='passkey_custom')\n")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
