@@ -12,7 +12,9 @@ and the window from ``max_model_len``. The same resolution and validation as
   ``dynamic_ntk`` is refused (vLLM's ``dynamic`` is one base for every length, see
   :func:`vllm_engine_args`).
 - ``llama3``: ``rope_type: llama3`` with its options; ``rope_theta=``: the base override,
-  written into ``rope_parameters`` (with ``scaling=none`` too).
+  written into ``rope_parameters`` (with ``scaling=none`` too); ``longrope``: its factor lists,
+  with transformers' attention scale as vLLM's ``short_mscale``/``long_mscale``
+  (:func:`vllm_longrope_parameters`).
 - per-layer-type models (Gemma 3): only the layer types ``ctx-hf`` scales are
   scaled (``scale_layer_types`` as for ``ctx-hf``).
 - ALiBi models (BLOOM, Falcon-ALiBi): ``pi`` and ``ntk`` slopes, carried into vLLM by
@@ -52,6 +54,30 @@ def vllm_yarn_parameters(params: dict) -> dict:
     vllm_own_scale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
     translated = {k: v for k, v in params.items() if k != "attention_factor"}
     translated["attn_factor"] = float(params["attention_factor"]) / vllm_own_scale
+    return translated
+
+
+def vllm_longrope_parameters(params: dict, max_position_embeddings: int) -> dict:
+    """transformers' LongRoPE ``rope_parameters`` (Ding et al. 2024, arXiv:2402.13753) as vLLM reads them.
+
+    transformers scales attention by ``attention_factor``, by default ``sqrt(1 + ln s / ln L)``
+    with ``s`` the ``factor`` (else ``max_position_embeddings / L``); vLLM ignores both keys and
+    derives its scale from ``max_position_embeddings / L``, a field ctx-vllm may raise to cover the
+    window (vllm/model_executor/layers/rotary_embedding/phi3_long_rope_scaled_rope.py). So the
+    scale transformers uses goes to vLLM as ``short_mscale`` and ``long_mscale``, which it takes as
+    given. Per-layer-type parameters are translated per layer type."""
+    if params and all(isinstance(v, dict) for v in params.values()):
+        return {layer_type: vllm_longrope_parameters(v, max_position_embeddings) for layer_type, v in params.items()}
+    if params.get("rope_type") != "longrope":
+        return params
+    original = params["original_max_position_embeddings"]
+    factor = params.get("factor") or max_position_embeddings / original
+    scale = params.get("attention_factor")
+    if scale is None:
+        scale = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    translated = {k: v for k, v in params.items() if k != "attention_factor"}
+    translated.setdefault("short_mscale", float(scale))
+    translated.setdefault("long_mscale", float(scale))
     return translated
 
 
@@ -96,7 +122,9 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     elif ext.method != "none" or "rope_theta" in ext.options:
         _refuse_clash(overrides, {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"},
                       ext.method)
-        overrides["rope_parameters"] = vllm_yarn_parameters(text_config(edited).rope_parameters)
+        cfg = text_config(edited)
+        overrides["rope_parameters"] = vllm_longrope_parameters(vllm_yarn_parameters(cfg.rope_parameters),
+                                                                cfg.max_position_embeddings)
     if ext.max_length is not None:
         # a window of L tokens is scored as L + 1 (lm-eval conditions the first on a prefix token; the
         # last is only a target, as ctx-hf counts it), and vLLM runs every prompt token, the last too:
@@ -114,9 +142,10 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     return ext, engine
 
 
-# vLLM's rotary embeddings whose cos/sin table has max_position_embeddings rows (default, llama3) or that
-# many times the factor (linear): a longer window needs a longer table, which changes no frequency
-_TABLE_SIZED_BY_MAX_POSITION = {"default", "llama3", "linear"}
+# vLLM's rotary embeddings whose cos/sin table has max_position_embeddings rows (default, llama3, and
+# longrope, whose scale is then passed explicitly: vllm_longrope_parameters) or that many times the
+# factor (linear): a longer window needs a longer table, which changes no frequency
+_TABLE_SIZED_BY_MAX_POSITION = {"default", "llama3", "linear", "longrope"}
 
 
 def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
@@ -125,7 +154,8 @@ def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
     vLLM looks each position up in a table of ``max_position_embeddings`` rows (vllm/model_executor/
     layers/rotary_embedding/base.py), so without this a window past the trained length fails there
     (ntk, rope_theta, llama3, none with a longer max_length). YaRN's table is sized by its original
-    length times the factor, and LongRoPE reads the field as part of its scale: both are left alone."""
+    length times the factor: left alone. LongRoPE's scale would follow the field, so it is passed as
+    ``short_mscale``/``long_mscale`` (:func:`vllm_longrope_parameters`)."""
     params = overrides.get("rope_parameters", getattr(cfg, "rope_parameters", None)) or {}
     nested = params and all(isinstance(v, dict) for v in params.values())
     types = {v.get("rope_type", "default") for v in params.values()} if nested else {params.get("rope_type", "default")}

@@ -218,3 +218,22 @@ def test_ctx_vllm_refuses_a_gguf_file_with_the_way_to_run_it():
     folder, name = location
     with pytest.raises(ValueError, match=f"gguf_file='{name}': ctx-vllm does not load GGUF files.*save_pretrained"):
         ctx_vllm.CtxVLLM(pretrained=folder, gguf_file=name, scaling="yarn", factor=2)
+
+
+def test_longrope_reaches_vllm_with_transformers_attention_scale(llama):
+    """vLLM derives LongRoPE's attention scale from max_position_embeddings / L, which the window
+    changes; transformers uses sqrt(1 + ln s / ln L) of the factor. The scale transformers computes
+    (its own function, on the config ctx-hf writes) reaches vLLM as short_mscale and long_mscale, and
+    vLLM's table covers the window."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    lists = dict(short_factor="1.0;1.1;1.2;1.3;1.4;1.5;1.6;1.7", long_factor="2;2.5;3;3.5;4;4.5;5;5.5")
+    _, engine = vllm_engine_args(llama, scaling="longrope", factor=4, **lists)
+    params = engine["hf_overrides"]["rope_parameters"]
+    written = copy.deepcopy(llama)
+    extend(written, {"scaling": "longrope", "factor": 4, **lists})
+    _, transformers_scale = ROPE_INIT_FUNCTIONS["longrope"](written, "cpu")
+    assert transformers_scale == pytest.approx(math.sqrt(1 + math.log(4) / math.log(128)))
+    assert params["short_mscale"] == params["long_mscale"] == pytest.approx(transformers_scale, rel=1e-12)
+    assert params["long_factor"] == [2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5] and "attention_factor" not in params
+    assert engine["max_model_len"] == 513 and engine["hf_overrides"]["max_position_embeddings"] == 513
