@@ -240,7 +240,7 @@ def flex_alibi_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     # contiguous whether padded or not: a new stride would compile the kernel again
     padded = [torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[-2])).contiguous() for x in (query, key, value)]
     _KERNELS.add(_kernel(query, key))
-    out = compiled_flex_attention()(*padded, score_mod=inputs.score_mod(),
+    out = compiled_flex_attention(static=True)(*padded, score_mod=inputs.score_mod(),
                                     block_mask=inputs.block_mask, scale=scale,
                                     enable_gqa=key.shape[1] != heads)[:, :, :queries]
     if inputs.empty_rows is None:
