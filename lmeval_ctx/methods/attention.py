@@ -62,20 +62,34 @@ class PositionAssignment:
     visible: torch.Tensor | None = None  # bool: the key may be attended to (None: all earlier keys)
 
 
+def moved_positions(positions: torch.Tensor) -> torch.Tensor:
+    """Positions a method moves pairs to, as floats: float64 on the CPU (exact for leaky ReRoPE's
+    fractional ``1/k`` steps at any length), float32 elsewhere. The attention kernels compute the
+    moves from positions on the CPU (:func:`lmeval_ctx.extension.attention.kernel.moves`) and read
+    only ``near`` and ``visible`` of an assignment on an accelerator, where float64 is slow or
+    missing; so nothing makes float64 tensors on the device."""
+    return positions.to(torch.float64 if positions.device.type == "cpu" else torch.float32)
+
+
+def fixed_position(positions: torch.Tensor, value: float) -> torch.Tensor:
+    """``value`` at every place of ``positions``, in :func:`moved_positions`' dtype."""
+    return torch.full_like(moved_positions(positions), value)
+
+
 def relative_positions(assignment: PositionAssignment, query_positions: torch.Tensor,
                        key_positions: torch.Tensor) -> torch.Tensor:
-    """The relative position of every pair: ``i - j`` where near, else the rotated positions' difference."""
-    true = (query_positions - key_positions).to(torch.float64)
-    other = (assignment.query_position - assignment.key_position).to(torch.float64)
-    return torch.where(assignment.near, true, other)
+    """The relative position of every pair: ``i - j`` where near, else the rotated positions' difference
+    (in :func:`moved_positions`' dtype)."""
+    true = moved_positions(query_positions - key_positions)
+    return torch.where(assignment.near, true, assignment.query_position - assignment.key_position)
 
 
 def rerope(query_positions, key_positions, *, window: int, original_length: int) -> PositionAssignment:
     """ReRoPE (Su 2023): ``rel = min(i - j, w)``: the query at position ``w``, the key at 0."""
     distance = query_positions - key_positions
     return PositionAssignment(distance < window,
-                              torch.full_like(query_positions, window, dtype=torch.float64),
-                              torch.zeros_like(key_positions, dtype=torch.float64))
+                              fixed_position(query_positions, window),
+                              fixed_position(key_positions, 0))
 
 
 def leaky_rerope(query_positions, key_positions, *, window: int, leak: float,
@@ -84,8 +98,8 @@ def leaky_rerope(query_positions, key_positions, *, window: int, leak: float,
     ``w + (i - j - w)/k = (i/k + w - w/k) - j/k``."""
     distance = query_positions - key_positions
     return PositionAssignment(distance < window,
-                              query_positions.to(torch.float64) / leak + window - window / leak,
-                              key_positions.to(torch.float64) / leak)
+                              moved_positions(query_positions) / leak + window - window / leak,
+                              moved_positions(key_positions) / leak)
 
 
 def self_extend(query_positions, key_positions, *, group_size: int, neighbor_window: int,
@@ -96,8 +110,8 @@ def self_extend(query_positions, key_positions, *, group_size: int, neighbor_win
     distance = query_positions - key_positions
     shift = neighbor_window - neighbor_window // group_size
     return PositionAssignment(distance < neighbor_window,
-                              torch.div(query_positions, group_size, rounding_mode="floor").to(torch.float64) + shift,
-                              torch.div(key_positions, group_size, rounding_mode="floor").to(torch.float64))
+                              moved_positions(torch.div(query_positions, group_size, rounding_mode="floor")) + shift,
+                              moved_positions(torch.div(key_positions, group_size, rounding_mode="floor")))
 
 
 def dual_chunk(query_positions, key_positions, *, chunk_size: int, local_window: int,
@@ -116,8 +130,8 @@ def dual_chunk(query_positions, key_positions, *, chunk_size: int, local_window:
     in_window = query_positions - query_chunk * chunk_size < local_window
     near = (query_chunk == key_chunk) | ((query_chunk - key_chunk == 1) & in_window)
     return PositionAssignment(near,
-                              torch.full_like(query_positions, original_length - 1, dtype=torch.float64),
-                              torch.remainder(key_positions, chunk_size).to(torch.float64))
+                              fixed_position(query_positions, original_length - 1),
+                              moved_positions(torch.remainder(key_positions, chunk_size)))
 
 
 def lambda_mask(query_positions, key_positions, first: int, last: int) -> torch.Tensor:
@@ -133,8 +147,8 @@ def lm_infinite(query_positions, key_positions, *, global_tokens: int, local_win
     and the last ``local_window`` keys) and the distance ceiling ``rel = min(i - j, L)``."""
     distance = query_positions - key_positions
     return PositionAssignment(distance <= original_length,
-                              torch.full_like(query_positions, original_length, dtype=torch.float64),
-                              torch.zeros_like(key_positions, dtype=torch.float64),
+                              fixed_position(query_positions, original_length),
+                              fixed_position(key_positions, 0),
                               lambda_mask(query_positions, key_positions, global_tokens, local_window))
 
 
@@ -144,8 +158,8 @@ def string(query_positions, key_positions, *, shift: int, local_window: int, ori
     query moved back to ``i - S + W``, the key where it is (as ReRoPE, with a query moved by
     ``-(S - W)`` instead of to a fixed position)."""
     return PositionAssignment(query_positions - key_positions < shift,
-                              query_positions.to(torch.float64) - (shift - local_window),
-                              key_positions.to(torch.float64))
+                              moved_positions(query_positions) - (shift - local_window),
+                              moved_positions(key_positions))
 
 
 def streaming_llm(query_positions, key_positions, *, n_sink: int, window: int, original_length: int
@@ -157,8 +171,8 @@ def streaming_llm(query_positions, key_positions, *, n_sink: int, window: int, o
     cache fills (``i < n_sink + window``) every token is in it at its true position. Both cases:
     the query at ``min(i, n_sink + window - 1)`` against a sink, the key at ``j``."""
     return PositionAssignment(query_positions - key_positions < window,
-                              torch.clamp(query_positions, max=n_sink + window - 1).to(torch.float64),
-                              key_positions.to(torch.float64),
+                              moved_positions(torch.clamp(query_positions, max=n_sink + window - 1)),
+                              moved_positions(key_positions),
                               lambda_mask(query_positions, key_positions, n_sink, window))
 
 

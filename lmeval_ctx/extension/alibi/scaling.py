@@ -41,6 +41,7 @@ from lmeval_ctx.methods.alibi import ALIBI_METHODS, UNSCALED_SLOPE_METHODS
 from lmeval_ctx.methods.attention import (
     ATTENTION_METHOD_REGISTRY,
     assign_positions,
+    moved_positions,
     relative_positions,
     resolve_attention_options,
 )
@@ -190,7 +191,7 @@ class AlibiPositionMethod:
         """
         queries, keys = query_positions[:, :, None], key_positions[:, None, :]
         assignment = assign_positions(self.method, self.options, self.original_length, queries, keys)
-        excess = ((queries - keys).to(torch.float64) - relative_positions(assignment, queries, keys)).to(torch.float32)
+        excess = (moved_positions(queries - keys) - relative_positions(assignment, queries, keys)).to(torch.float32)
         correction = self.slopes.to(excess.device)[None, :, None, None] * excess[:, None]
         visible = None if assignment.visible is None else assignment.visible[:, None]
         return visible, correction

@@ -23,9 +23,10 @@ rotated at their true positions, and per layer an :class:`AttentionSetting`:
     ``scaled_dot_product_attention`` call per block, the queries joined as
     ``[q_rot, q'_rot, q_pass]``, each key as its true copy ``[k_rot, 0, k_pass]`` (scoring
     ``q . k``) or its moved copy ``[0, k'_rot, k_pass]`` (scoring ``q' . k'``), and a mask that
-    lets each pair use the copy the method's ``near`` says. Keys near for every row of the
-    block come once, true; keys far for every row once, moved; the band near for some rows
-    and far for others twice.
+    lets each pair use the copy the method's ``near`` says. Every key the block sees comes in
+    both copies, interleaved once per call so that they are a view: nothing is gathered and
+    nothing is read back to the host (twice the products of the split path, no
+    synchronisation per block).
 
   Both respect causality, padding and the method's ``visible``. Memory stays linear in the
   length (a block's masks are bounded, SDPA's fused kernel works in tiles). The cache keeps
@@ -37,8 +38,8 @@ layers with no setting, go through transformers' SDPA function with the same mas
 through :func:`moved_attention` here, or through FlexAttention
 (:mod:`lmeval_ctx.extension.attention.flex_kernel`), as ``attention_engine`` chooses. Both
 re-rotate by angles computed once per call in float64 on the CPU (:func:`cos_sin`): no float64
-on the device. The joined path still reads each block's runs of keys on the host (one
-synchronisation per block); on CUDA FlexAttention, which has none, runs by default.
+on the device, and a few transfers per call, none per block (on CUDA FlexAttention runs by
+default; the joined path is its fallback).
 Positions: a row's tokens have consecutive positions, as transformers assigns them (left
 padding included), so key ``k`` of a row is at ``position of its last query - (keys - 1 - k)``.
 """
@@ -182,17 +183,21 @@ class _Block:
     """One block of queries ``rows`` (a slice) and the keys ``[0, seen)`` its pairs may use."""
 
     rows: slice
+    seen: int
     query: torch.Tensor  # (batch, heads, rows, d): at the true positions
     moved_query: torch.Tensor  # (batch, heads, rows, rotary_dim): the rotary part at the moved positions
     near: torch.Tensor  # (batch, 1, rows, seen): the pair keeps its true position
     allowed: torch.Tensor | None  # bool, broadcastable to near: the pair takes part (None: all)
     additive: torch.Tensor | None  # a caller's float mask (every pair takes part, with its bias), or None
-    true_runs: list[tuple[int, int]]  # runs of keys some pair uses at the true positions
-    moved_runs: list[tuple[int, int]]  # ... and at the moved positions
+    every_key_used: bool  # some pair of the block takes part for every key in [0, seen)
 
-    @property
-    def columns(self) -> int:
-        return sum(b - a for a, b in self.true_runs + self.moved_runs)
+    def runs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The runs of keys some pair uses at the true positions, and at the moved ones: a key near for
+        every row needs its true copy only, one far for every row its moved copy only, the band in
+        between both, a key hidden from every row neither. Read on the host (the split path, on CPU)."""
+        used = (torch.ones(self.seen, dtype=torch.bool, device=self.near.device) if self.every_key_used
+                else _columns(self.allowed))
+        return _runs(_columns(self.near) & used), _runs(~_columns(self.near, every=True) & used)
 
 
 def block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys: int, queries: int,
@@ -213,7 +218,7 @@ def block_masks(attention_mask, visible, start: int, stop: int, seen: int, keys:
 
 def _blocks(setting: AttentionSetting, query: torch.Tensor, moved_query: torch.Tensor, query_positions: torch.Tensor,
             key_positions: torch.Tensor, attention_mask, rows: int) -> Iterator[_Block]:
-    """The blocks of ``rows`` queries, each with its pairs' assignment and the runs of keys it uses."""
+    """The blocks of ``rows`` queries, each with its pairs' assignment (on the device, nothing read back)."""
     batch, _, queries, _ = query.shape
     keys = key_positions.shape[1]
     # int32 positions: the per-pair tensors of the assignment take half the memory traffic
@@ -223,19 +228,13 @@ def _blocks(setting: AttentionSetting, query: torch.Tensor, moved_query: torch.T
         seen = min(keys, stop + keys - queries)  # causal: later keys are hidden from every query of the block
         assignment = assign_positions(setting.method, setting.options, setting.original_length,
                                       pair_query_positions[:, start:stop, None], pair_key_positions[:, None, :seen])
-        block_query = query[:, :, start:stop]
         allowed, additive = block_masks(attention_mask, assignment.visible, start, stop, seen, keys, queries,
                                          query.dtype, query.device)
         near = assignment.near[:, None].expand(batch, 1, stop - start, seen)  # (batch, 1, rows, seen)
-        # The copies some pair of the block may use: a key near for every row of the block needs its true
-        # copy only, one far for every row its moved copy only, the band in between both; a key hidden
-        # from every row neither. Taken as runs of consecutive keys (slices gather faster than an index).
-        if allowed is None or (attention_mask is None and assignment.visible is None):  # the last row sees all
-            used = torch.ones(seen, dtype=torch.bool, device=query.device)
-        else:
-            used = _columns(allowed)
-        yield _Block(slice(start, stop), block_query, moved_query[:, :, start:stop], near, allowed, additive,
-                     _runs(_columns(near) & used), _runs(~_columns(near, every=True) & used))
+        # with no mask but causality and no hidden keys, the block's last row sees every key
+        every_key_used = allowed is None or (attention_mask is None and assignment.visible is None)
+        yield _Block(slice(start, stop), seen, query[:, :, start:stop], moved_query[:, :, start:stop], near,
+                     allowed, additive, every_key_used)
 
 
 # ----------------------------------------------------------------------------- the two block paths
@@ -258,70 +257,55 @@ class _SplitKeys:
             self.values = torch.nn.functional.pad(self.values, (0, key.shape[-1] - self.value_dim))
 
     def __call__(self, block: _Block) -> torch.Tensor:
+        true_runs, moved_runs = block.runs()
+        if not true_runs and not moved_runs:  # padding rows only: no key to attend
+            return block.query.new_zeros(*block.query.shape[:-1], self.value_dim)
         rot = block.moved_query.shape[-1]
         moved_query = torch.cat((block.moved_query, block.query[..., rot:]), dim=-1)
         return split_attention(
-            self.kernel, ((block.true_runs, block.query, self.true_keys, True),
-                          (block.moved_runs, moved_query, self.moved_keys, False)),
+            self.kernel, ((true_runs, block.query, self.true_keys, True),
+                          (moved_runs, moved_query, self.moved_keys, False)),
             self.values, block.near, block.allowed, block.additive, self.scaling)[..., :self.value_dim]
 
 
 class _JoinedKeys:
-    """The joined path: queries ``[q_rot, q'_rot, q_pass]`` score ``q . k`` against a key's true copy
-    ``[k_rot, 0, k_pass]`` and ``q' . k'`` against its moved copy ``[0, k'_rot, k_pass]`` (the
-    pass-through dimensions are the same in both): one product gives every pair the score its
-    kind asks for. Each block's key copies and values are gathered into buffers reused from block
-    to block (sized for every key once plus a band of both copies as wide as a block, grown if a
-    block needs more); values padded with zeros to the keys' width: torch's fused CPU kernel needs
-    equal widths (with narrower values SDPA falls back to materialising the scores)."""
+    """The joined path (every device but the CPU, and the CPU without its fused kernel): one
+    ``scaled_dot_product_attention`` call per block and no synchronisation with the host. Queries
+    ``[q_rot, q'_rot, q_pass]`` score ``q . k`` against a key's true copy ``[k_rot, 0, k_pass]`` and
+    ``q' . k'`` against its moved copy ``[0, k'_rot, k_pass]`` (the pass-through dimensions are the
+    same in both). The copies are interleaved once per call (key ``j``'s true copy at ``2j``, its
+    moved one at ``2j + 1``), so a block's keys ``[0, seen)`` in both copies are the first
+    ``2 seen`` rows: a view, nothing gathered, and no runs of keys to read back. Each pair takes the
+    copy ``near`` says (a mask); every key is scored twice, the price of not reading the block's
+    runs on the host. Values are paired the same way, padded with zeros to the keys' width: torch's
+    fused CPU kernel needs equal widths (with narrower values SDPA falls back to materialising the
+    scores)."""
 
-    def __init__(self, key, moved_keys, value, rotary_dim: int, scaling: float, block_rows: int):
-        batch, kv_heads, keys, _ = key.shape
-        zeros = key.new_zeros(batch, kv_heads, keys, rotary_dim)
-        self.true_copies = torch.cat((key[..., :rotary_dim], zeros, key[..., rotary_dim:]), dim=-1)
-        self.moved_copies = torch.cat((zeros, moved_keys, key[..., rotary_dim:]), dim=-1)
-        self.value, self.scaling = value, scaling
-        self.keys_buffer = self.values_buffer = key.new_empty(0, 0, 0, 0)
-        self.room = keys + block_rows
-
-    def _buffers(self, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys_buffer.shape[2] < columns:
-            batch, kv_heads, _, width = self.true_copies.shape
-            self.room = max(self.room, columns)
-            self.keys_buffer = self.true_copies.new_empty(batch, kv_heads, self.room, width)
-            self.values_buffer = self.true_copies.new_zeros(batch, kv_heads, self.room, width)
-        return self.keys_buffer[:, :, :columns], self.values_buffer[:, :, :columns]
+    def __init__(self, key, moved_keys, value, rotary_dim: int, scaling: float):
+        zeros = key.new_zeros(*key.shape[:-1], rotary_dim)
+        true_copies = torch.cat((key[..., :rotary_dim], zeros, key[..., rotary_dim:]), dim=-1)
+        moved_copies = torch.cat((zeros, moved_keys, key[..., rotary_dim:]), dim=-1)
+        self.keys = torch.stack((true_copies, moved_copies), dim=3).flatten(2, 3)  # (batch, kv, 2 keys, width)
+        padded = torch.nn.functional.pad(value, (0, true_copies.shape[-1] - value.shape[-1]))
+        self.values = torch.stack((padded, padded), dim=3).flatten(2, 3)
+        self.value_dim, self.scaling = value.shape[-1], scaling
 
     def __call__(self, block: _Block) -> torch.Tensor:
-        rot, value_dim = block.moved_query.shape[-1], self.value.shape[-1]
+        rot = block.moved_query.shape[-1]
         joined_query = torch.cat((block.query[..., :rot], block.moved_query, block.query[..., rot:]), dim=-1)
-        near, allowed, columns = block.near, block.allowed, block.columns
-        # which copy each pair uses: (batch, 1 or heads, rows, columns)
-        mask = torch.empty(torch.broadcast_shapes(near.shape, () if allowed is None else allowed.shape)[:-1]
-                           + (columns,), dtype=torch.bool, device=near.device)
-        keys_block, values_block = self._buffers(columns)
-        at = 0
-        for runs, copies, kind in ((block.true_runs, self.true_copies, True),
-                                   (block.moved_runs, self.moved_copies, False)):
-            for a, b in runs:
-                piece = slice(at, at + b - a)
-                keys_block[:, :, piece] = copies[:, :, a:b]
-                values_block[:, :, piece, :value_dim] = self.value[:, :, a:b]
-                pairs = near[..., a:b] if kind else ~near[..., a:b]
-                if allowed is None:
-                    mask[..., piece] = pairs
-                else:
-                    torch.logical_and(pairs, allowed[..., a:b], out=mask[..., piece])
-                at += b - a
+        pairs = torch.stack((block.near, ~block.near), dim=-1)  # (batch, 1, rows, seen, 2): which copy
+        if block.allowed is not None:
+            pairs = pairs & block.allowed[..., None]
         # additive, with the lowest number rather than -inf for the pairs left out: a padding row that
         # has no key left stays finite (its values would reach the real rows as 0 * NaN otherwise)
-        work = self.value.dtype
-        bias = (torch.zeros((), dtype=work, device=near.device) if block.additive is None
-                else torch.cat([block.additive[..., a:b] for a, b in block.true_runs + block.moved_runs], dim=-1))
-        mask = torch.where(mask, bias, torch.finfo(work).min)
+        work = self.values.dtype
+        bias = (torch.zeros((), dtype=work, device=pairs.device) if block.additive is None
+                else block.additive[..., None])
+        mask = torch.where(pairs, bias, torch.finfo(work).min).flatten(-2)
+        keys, values = self.keys[:, :, :2 * block.seen], self.values[:, :, :2 * block.seen]
         return torch.nn.functional.scaled_dot_product_attention(
-            joined_query, keys_block, values_block, attn_mask=mask, scale=self.scaling,
-            enable_gqa=joined_query.shape[1] != keys_block.shape[1])[..., :value_dim]
+            joined_query, keys, values, attn_mask=mask, scale=self.scaling,
+            enable_gqa=joined_query.shape[1] != keys.shape[1])[..., :self.value_dim]
 
 
 # ----------------------------------------------------------------------------- the attention function
@@ -342,9 +326,9 @@ def moved_attention(setting: AttentionSetting, query, key, value, attention_mask
     rows = max(1, min(queries, BLOCK_ROWS, BLOCK_ELEMENTS // max(1, batch * keys)))
     kernel = cpu_kernel(query.device)
     attend = (_SplitKeys(kernel, key, moved_keys, value, heads, rot, scaling) if kernel is not None
-              else _JoinedKeys(key, moved_keys, value, rot, scaling, rows))
+              else _JoinedKeys(key, moved_keys, value, rot, scaling))
     del moved_keys  # held by attend in the form its path needs
     output = torch.empty(batch, heads, queries, value.shape[-1], dtype=work, device=query.device)
     for block in _blocks(setting, query, moved_query, query_positions, key_positions, attention_mask, rows):
-        output[:, :, block.rows] = attend(block) if block.columns else 0  # 0: padding rows only, no key
+        output[:, :, block.rows] = attend(block)
     return output

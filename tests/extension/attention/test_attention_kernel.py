@@ -131,3 +131,44 @@ def test_half_precision_is_computed_in_float32():
     full, _ = call(query.float(), key.float(), value.float())
     assert half.dtype == torch.bfloat16
     assert torch.equal(half, full.to(torch.bfloat16))
+
+
+class _CreatedDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the dtype of every tensor an operator returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in torch.utils._pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.dtypes.add(leaf.dtype)
+        return out
+
+
+@pytest.mark.parametrize("method", [m for m in CASES if m != "none"])
+def test_the_joined_path_reads_nothing_back_per_block_and_makes_no_float64(method):
+    """The blocks of the joined path (the fallback off the CPU) on the ``meta`` device, whose tensors
+    have no data: any read on the host (``.tolist()``, ``bool()``, ``.item()``) raises, so this runs
+    only if no block synchronises with the host; and no operator makes a float64 tensor there."""
+    options, _, _ = CASES[method]
+    module = attention_patch.attention_modules(with_method("llama", method, options))[0]
+    setting = getattr(module, attention_kernel.SETTING_ATTRIBUTE)
+    batch, heads, queries, keys, rot = 2, 4, 40, 72, setting.rotary_dim
+    query = torch.randn(batch, heads, queries, 16, device="meta")
+    key, value = (torch.randn(batch, 2, keys, 16, device="meta") for _ in range(2))
+    query_positions = torch.arange(keys - queries, keys, device="meta").expand(batch, queries)
+    key_positions = torch.arange(keys, device="meta").expand(batch, keys)
+    padding = torch.ones(batch, 1, queries, keys, dtype=torch.bool, device="meta")
+    with _CreatedDtypes() as created:
+        attend = attention_kernel._JoinedKeys(key, key[..., :rot], value, rot, 0.25)
+        blocks = list(attention_kernel._blocks(setting, query, query[..., :rot], query_positions, key_positions,
+                                               padding, rows=16))
+        outputs = [attend(block) for block in blocks]
+    assert len(blocks) == 3 and all(o.shape == (batch, heads, b.rows.stop - b.rows.start, 16)
+                                    for o, b in zip(outputs, blocks))
+    assert torch.float64 not in created.dtypes and torch.bool in created.dtypes
+    with pytest.raises((NotImplementedError, RuntimeError)):  # the check has teeth: a read does raise
+        attention_kernel._runs(blocks[0].near[0, 0, 0])
