@@ -41,7 +41,23 @@ ROPE_AUTO_FLEX_ON_CPU = False
 # ALiBi's and RoPE's) one process may hold before torch._dynamo would run FlexAttention unfused.
 RECOMPILE_LIMIT = 64
 
+TILE = 128  # FlexAttention's block-sparsity tile (its default): queries x keys per block-mask entry
+
 logger = plugin_logger(__name__)
+
+
+def padded_length(count: int, smallest: int = TILE) -> int:
+    """The bucket ``count`` queries or keys are padded to: the next of ``smallest`` (a whole number of
+    tiles) times 1, 2, 3, 4, 6, 8, 12, ... (at most a third of padding; padded rows and keys sit in
+    tiles the block mask leaves empty, which cost no work). Kernels are compiled per bucket with
+    static shapes (:func:`compiled_flex_attention`), so every length lm-eval sends runs on a few."""
+    power = smallest
+    while True:
+        if power >= count:
+            return power
+        if power >= 2 * TILE and power * 3 // 2 >= count:
+            return power * 3 // 2
+        power *= 2
 
 
 def validate_engine(choice, alibi: bool = False) -> str:

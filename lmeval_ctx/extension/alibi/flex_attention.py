@@ -6,7 +6,7 @@ Programming Model for Generating Optimized Attention Kernels", arXiv:2412.05496)
 ``softmax(q k^T * scale + score_mod) v`` in tiles, skipping the tiles its block mask leaves out,
 on CPU (inference only) and on CUDA. It is compiled once per process
 (:func:`lmeval_ctx.extension.flex.compiled_flex_attention`) and once per padded length: each call
-is padded to a bucket (:func:`bucket_length`, powers of two from 1,024), whose padded tiles the
+is padded to a bucket (:func:`lmeval_ctx.extension.flex.padded_length` from 1,024), whose padded tiles the
 block mask skips, so lengths of one bucket share one kernel. Not dynamic shapes: in torch 2.13 on
 CPU, inductor fails to compile the kernel with dynamic lengths once a ``score_mod`` or
 ``mask_mod`` reads a captured tensor at the batch index (a C++ error, ``cur_kvSplitSize`` not
@@ -39,11 +39,10 @@ from transformers.masking_utils import prepare_padding_mask
 
 from lmeval_ctx.extension.alibi.masks import RowBlockMask
 from lmeval_ctx.extension.alibi.scaling import running_call
-from lmeval_ctx.extension.flex import RECOMPILE_LIMIT, compiled_flex_attention
+from lmeval_ctx.extension.flex import RECOMPILE_LIMIT, TILE, compiled_flex_attention, padded_length
 
-TILE = 128  # FlexAttention's block-sparsity tile (its default): queries x keys per block-mask entry
 NO_LIMIT = float(2**30)  # a window and a ceiling no distance reaches (float32-exact)
-MIN_BUCKET = 1024  # the shortest padded length (buckets 1k ... 128k: 8, dynamo's default recompile limit)
+MIN_BUCKET = 1024  # the shortest padded length: shorter calls share one kernel
 
 
 # The kernels compiled in this process, by (device, dtype, batch, heads, kv_heads, head size, bucket).
@@ -52,7 +51,7 @@ _KERNELS: set[tuple] = set()
 
 def _kernel(query: torch.Tensor, key: torch.Tensor) -> tuple:
     return (query.device.type, query.dtype, *query.shape[:2], key.shape[1], query.shape[-1],
-            bucket_length(key.shape[-2]))
+            padded_length(key.shape[-2], MIN_BUCKET))
 
 
 def flex_declines(mask, query: torch.Tensor, key: torch.Tensor) -> str | None:
@@ -161,12 +160,6 @@ def _block_mask(inputs: FlexAlibi, length: int):
                                     mask_mod=inputs.mask_mod(), seq_lengths=(length, length))
 
 
-def bucket_length(keys: int) -> int:
-    """The padded length a call with ``keys`` keys runs at: the next power of two, at least
-    :data:`MIN_BUCKET` (see the module's docstring: one compiled kernel per bucket)."""
-    return max(MIN_BUCKET, 1 << (keys - 1).bit_length())
-
-
 def _padded(tensor: torch.Tensor, length: int, value=0) -> torch.Tensor:
     """``tensor`` padded with ``value`` along its last dim to ``length``, contiguous."""
     return torch.nn.functional.pad(tensor, (0, length - tensor.shape[-1]), value=value).contiguous()
@@ -194,11 +187,11 @@ def _limits(position_method, heads: int, device) -> dict:
 
 def flex_inputs(alibi, mask, key_positions: torch.Tensor, position_method, batch: int, heads: int,
                 queries: int, keys: int) -> FlexAlibi:
-    """The kernel's tensors for one call (see :class:`FlexAlibi`), padded to :func:`bucket_length`.
+    """The kernel's tensors for one call (see :class:`FlexAlibi`), padded to its bucket (``padded_length``).
 
     ``key_positions`` ``(batch or 1, keys)``: the counted positions (LM-Infinite's distances);
     ``alibi``: the call's :class:`lmeval_ctx.extension.alibi.attention.AlibiBias`."""
-    device, length = alibi.scale.device, bucket_length(keys)
+    device, length = alibi.scale.device, padded_length(keys, MIN_BUCKET)
     offset = keys - queries if mask is None else mask.first_query
     grid = alibi.grid.to(torch.float32).expand(batch, heads, keys)
     positions = key_positions.to(torch.float32).expand(batch, keys)

@@ -22,7 +22,7 @@ or partial, and the pair-by-pair mask of the partial tiles only (the causal diag
 a method's windows and chunks, padding): memory linear in the length for every method. The
 ``mask_mod`` looks the partial tiles up, so its code is the same for every method: one compiled
 kernel serves the whole registry. Queries and keys are padded to a few length buckets
-(:func:`bucket`), the padding in empty tiles, and the kernel is compiled per bucket with static
+(:func:`lmeval_ctx.extension.flex.padded_length`), the padding in empty tiles, and the kernel is compiled per bucket with static
 shapes (:func:`lmeval_ctx.extension.flex.compiled_flex_attention`): a new length in a compiled
 bucket compiles nothing.
 Rotation angles are computed once per forward in float64 on the CPU and moved to the device as
@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import torch
 
 from lmeval_ctx.extension.attention.kernel import AttentionSetting, block_masks, cos_sin, moves, rotate
-from lmeval_ctx.extension.flex import compiled_flex_attention
+from lmeval_ctx.extension.flex import TILE, compiled_flex_attention, padded_length
 from lmeval_ctx.methods.attention import assign_positions
 
-TILE = 128  # FlexAttention's block-sparsity tile (its default)
 # Pairs (batch x rows x keys) evaluated at once while classifying tiles: bounds the plan's working memory.
 PLAN_ELEMENTS = 1 << 24
 
@@ -63,19 +62,6 @@ class PairPlan:
     query_sin: torch.Tensor
     key_cos: torch.Tensor  # (batch, 1, keys, rotary_dim / 2): the keys' moves
     key_sin: torch.Tensor
-
-
-def bucket(count: int) -> int:
-    """The padded size of ``count`` queries or keys: the next of 128, 256, 384, 512, 768, 1024, 1536,
-    ... (whole tiles, at most a third of padding; padded rows and keys sit in empty tiles, which cost
-    no work): one compiled kernel per bucket, a few for every length lm-eval sends."""
-    power = TILE
-    while True:
-        if power >= count:
-            return power
-        if power >= 2 * TILE and power * 3 // 2 >= count:
-            return power * 3 // 2
-        power *= 2
 
 
 def _tile_pairs(setting: AttentionSetting, query_positions, key_positions, attention_mask, start: int,
@@ -167,10 +153,10 @@ def pair_plan(setting: AttentionSetting, query_positions: torch.Tensor, attentio
         return _LAST["plan"]
     key_positions = torch.arange(keys, device=query_positions.device)[None, :] + (query_positions[:, -1:] - (keys - 1))
     query_moves, key_moves = moves(setting, query_positions, key_positions)
-    device, padded = query_positions.device, bucket(keys)
+    device, padded = query_positions.device, padded_length(keys)
     block_mask = _block_mask(setting, query_positions.to(torch.int32), key_positions.to(torch.int32), attention_mask,
-                             bucket(query_positions.shape[1]), padded)
-    plan = PairPlan(block_mask, bucket(query_positions.shape[1]), padded, *cos_sin(query_moves, setting.inv_freq, dtype, device),
+                             padded_length(query_positions.shape[1]), padded)
+    plan = PairPlan(block_mask, padded_length(query_positions.shape[1]), padded, *cos_sin(query_moves, setting.inv_freq, dtype, device),
                     *cos_sin(key_moves, setting.inv_freq, dtype, device))
     _LAST.clear()
     _LAST.update(key=key, plan=plan, refs=tuple(weakref.ref(t) if t is not None else (lambda: None) for t in owners))

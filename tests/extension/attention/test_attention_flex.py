@@ -16,6 +16,7 @@ import torch
 from attention_reference import cached_decoding, CASES, IDS, LENGTH, ORIGINAL, PAD, Reference, padded_inputs, run, tiny, with_method
 
 from lmeval_ctx.extension import flex
+from lmeval_ctx.extension.flex import padded_length
 from lmeval_ctx.extension.attention import flex_kernel
 from lmeval_ctx.extension.attention import function as attention_function
 from lmeval_ctx.extension.attention import kernel as attention_kernel
@@ -102,8 +103,9 @@ def test_new_lengths_reuse_the_compiled_kernel():
     no new graph (no recompile, no unfused fallback), and stay exact."""
     from torch._dynamo.utils import counters
 
-    assert [flex_kernel.bucket(n) for n in (1, 128, 129, 257, 385, 700, 1025, 5000)] == [
+    assert [padded_length(n) for n in (1, 128, 129, 257, 385, 700, 1025, 5000)] == [
         128, 128, 256, 384, 512, 768, 1536, 6144]
+    assert [padded_length(n, 1024) for n in (1, 1025, 2049, 8193)] == [1024, 1536, 3072, 12288]
     model = with_method("llama", "rerope", CASES["rerope"][0], engine="flex")
     reference = tiny("llama")
     Reference(reference, CASES["rerope"][1], None, CASES["rerope"][0], logn=False)
