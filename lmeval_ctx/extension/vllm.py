@@ -31,11 +31,14 @@ import copy
 import math
 
 from lmeval_ctx.common.checkpoint import text_config
+from lmeval_ctx.common.logs import plugin_logger
 from lmeval_ctx.extension.lifecycle import extend
 from lmeval_ctx.extension.request import EXTENSION_ARGS as CTX_HF_EXTENSION_ARGS
 from lmeval_ctx.extension.request import ContextExtension
 from lmeval_ctx.extension.vllm_alibi import SLOPES_FIELD, alibi_overrides
 from lmeval_ctx.methods.catalog import ATTENTION_METHODS
+
+logger = plugin_logger(__name__)
 
 
 def vllm_yarn_parameters(params: dict) -> dict:
@@ -65,7 +68,9 @@ def vllm_longrope_parameters(params: dict, max_position_embeddings: int) -> dict
     derives its scale from ``max_position_embeddings / L``, a field ctx-vllm may raise to cover the
     window (vllm/model_executor/layers/rotary_embedding/phi3_long_rope_scaled_rope.py). So the
     scale transformers uses goes to vLLM as ``short_mscale`` and ``long_mscale``, which it takes as
-    given. Per-layer-type parameters are translated per layer type."""
+    given. Per-layer-type parameters are translated per layer type.
+
+    One difference remains (:func:`_warn_longrope_factors`): vLLM's choice of the long factors."""
     if params and all(isinstance(v, dict) for v in params.values()):
         return {layer_type: vllm_longrope_parameters(v, max_position_embeddings) for layer_type, v in params.items()}
     if params.get("rope_type") != "longrope":
@@ -137,6 +142,7 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         # _get_and_verify_max_len). model_max_length is read for nothing else.
         overrides.setdefault("model_max_length", engine["max_model_len"])
         _cover_the_window(overrides, text_config(edited), engine["max_model_len"])
+    _warn_longrope_factors(text_config(edited), engine.get("max_model_len"))
     if overrides:
         engine["hf_overrides"] = overrides
     return ext, engine
@@ -162,6 +168,26 @@ def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
     trained = getattr(cfg, "max_position_embeddings", None)
     if trained is not None and trained < positions and types <= _TABLE_SIZED_BY_MAX_POSITION:
         overrides.setdefault("max_position_embeddings", positions)
+
+
+def _warn_longrope_factors(cfg, max_model_len: int | None) -> None:
+    """Log that vLLM and ctx-hf choose LongRoPE's factors differently, where they do.
+
+    Once its window (``max_model_len``, else the config's ``max_position_embeddings``) exceeds the
+    trained length ``L``, vLLM applies the long factors to every input, so that a sequence crossing
+    ``L`` keeps a valid KV cache (phi3_long_rope_scaled_rope.py, ``use_long_rope``); transformers, and
+    so ``ctx-hf``, uses the short factors for an input of at most ``L`` tokens. Longer inputs get
+    the long factors in both. A shipped ``longrope`` (Phi-3) and ``scaling=longrope`` alike."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    nested = params and all(isinstance(v, dict) for v in params.values())
+    window = max_model_len or getattr(cfg, "max_position_embeddings", 0) or 0
+    for each in (params.values() if nested else [params]):
+        original = each.get("original_max_position_embeddings")
+        if each.get("rope_type") == "longrope" and original and window > original:
+            logger.warning("LongRoPE through vLLM: with a window (%d) above the trained %d tokens vLLM applies the "
+                           "long factors to every input; transformers (and ctx-hf) use the short factors for inputs "
+                           "of at most %d tokens, so only longer inputs score as in ctx-hf.", window, original, original)
+            return
 
 
 def _refuse_clash(overrides: dict, fields: set, method: str) -> None:

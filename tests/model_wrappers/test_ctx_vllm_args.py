@@ -237,3 +237,20 @@ def test_longrope_reaches_vllm_with_transformers_attention_scale(llama):
     assert params["short_mscale"] == params["long_mscale"] == pytest.approx(transformers_scale, rel=1e-12)
     assert params["long_factor"] == [2, 2.5, 3, 3.5, 4, 4.5, 5, 5.5] and "attention_factor" not in params
     assert engine["max_model_len"] == 513 and engine["hf_overrides"]["max_position_embeddings"] == 513
+
+
+def test_longrope_through_vllm_says_where_its_factors_differ_from_ctx_hf(llama, caplog):
+    """vLLM applies the long factors to every input once its window passes L; ctx-hf uses the short
+    ones up to L tokens. A window above L logs that (scaling=longrope, and a shipped longrope kept
+    with scaling=none); a window within L, where both use the short factors, logs nothing."""
+    lists = dict(short_factor="1.0;1.1;1.2;1.3;1.4;1.5;1.6;1.7", long_factor="2;2.5;3;3.5;4;4.5;5;5.5")
+    with caplog.at_level("WARNING"):
+        vllm_engine_args(llama, scaling="longrope", factor=4, **lists)
+    assert "long factors to every input" in caplog.text and "inputs of at most 128 tokens" in caplog.text
+    shipped = copy.deepcopy(llama)
+    extend(shipped, {"scaling": "longrope", "factor": 4, **lists})
+    for window, warned in ((512, True), (100, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            vllm_engine_args(shipped, max_model_len=window)
+        assert ("long factors to every input" in caplog.text) is warned, window
