@@ -26,7 +26,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from lmeval_ctx.common.args import parse_bool, reject_misspelt_keys
+from lmeval_ctx.common.args import check_dtype, parse_bool, reject_misspelt_keys
 from lmeval_ctx.common.logs import plugin_logger
 from lmeval_ctx.extension.lifecycle import ExtensionRequest, ExtensionState, attach, extend, reapplication_request
 from lmeval_ctx.extension.request import EXTENSION_ARGS, ContextExtension
@@ -92,6 +92,7 @@ class CtxHFLM(SlicedScoring, HFLM):
         reject_misspelt_keys(kwargs, self.CONTEXT_ARGS, where="ctx-hf model_args",
                              accepted=(*inspect.signature(HFLM.__init__).parameters, *PASSED_THROUGH_ARGS))
         truncation = False if truncation is None else parse_bool(truncation, "truncation")
+        check_dtype(kwargs.get("dtype"))
         # 1. What was asked, read before anything loads: the extension's arguments leave kwargs (the
         #    rest is HFLM's). For a checkpoint, HFLM's _get_config hook writes it into the config
         #    before the model is built from it.

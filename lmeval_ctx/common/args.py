@@ -69,3 +69,20 @@ def reject_misspelt_keys(given: Iterable[str], known: Iterable[str], *, where: s
     plural = "s" if len(misspelt) > 1 else ""
     raise ValueError(f"Unknown {where} key{plural} {guesses} Fix the spelling{plural} "
                      f"(known keys: {', '.join(sorted(known))}).")
+
+
+def check_dtype(value, name: str = "dtype"):
+    """``value`` unchanged if it names a floating-point torch dtype (``float32``, ``bfloat16``,
+    ``float16``, ``half``, ...), is one, or is ``auto``; else a ValueError with the usual choices.
+    lm-eval resolves the name with ``getattr(torch, name)``, which fails on a typo with an
+    AttributeError about the torch module."""
+    import torch
+
+    if value is None or isinstance(value, torch.dtype) or value == "auto":
+        return value
+    resolved = getattr(torch, value.strip(), None) if isinstance(value, str) else None
+    if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
+        return value
+    raise ValueError(f"{name}={value!r} is not a floating-point torch dtype: use {name}=auto (the checkpoint's own), "
+                     "float32, bfloat16 or float16.")
+

@@ -1,8 +1,9 @@
-"""Values from --model_args and --metadata: booleans spelt as words, and misspelt keys."""
+"""Values from --model_args and --metadata: booleans spelt as words, dtypes, and misspelt keys."""
 
 import pytest
+import torch
 
-from lmeval_ctx.common.args import closest_key, parse_bool, parse_optional_bool, reject_misspelt_keys
+from lmeval_ctx.common.args import check_dtype, closest_key, parse_bool, parse_optional_bool, reject_misspelt_keys
 
 
 @pytest.mark.parametrize("value", [True, 1, "true", "True", " YES ", "1"])
@@ -64,3 +65,14 @@ def test_known_accepted_and_unrelated_keys_pass():
     # unrelated keys are left to whoever else reads the dictionary
     reject_misspelt_keys({"lengths": 1, "depth": 2, "temperature": 0.5}, KNOWN, where="passkey --metadata",
                          accepted=["depth"])
+
+
+@pytest.mark.parametrize("value", [None, "auto", "float32", "bfloat16", "float16", "half", torch.bfloat16])
+def test_floating_dtypes_and_auto_pass_unchanged(value):
+    assert check_dtype(value) is value
+
+
+@pytest.mark.parametrize("value", ["float33", "int8", "bool", "Tensor", 16])
+def test_anything_else_is_not_a_dtype(value):
+    with pytest.raises(ValueError, match=rf"dtype={value!r} is not a floating-point torch dtype"):
+        check_dtype(value)

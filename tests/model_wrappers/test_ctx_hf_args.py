@@ -48,6 +48,8 @@ def test_truncation_spellings(tiny_model_dir, spelling, value):
     (dict(scale_layer_type="all"), r"key 'scale_layer_type': did you mean 'scale_layer_types'"),
     (dict(orig_max_length=64), r"key 'orig_max_length': did you mean 'original_max_length'"),
     (dict(truncate=True), r"key 'truncate': did you mean 'truncation'"),
+    (dict(dtype="float33"), r"dtype='float33' is not a floating-point torch dtype: use dtype=auto"),
+    (dict(dtype="int8"), r"dtype='int8' is not a floating-point torch dtype"),
 ])
 def test_bad_flags_and_misspelt_keys_are_errors_naming_them(tiny_model_dir, args, message):
     with pytest.raises(ValueError, match=message):
