@@ -8,6 +8,7 @@ must be 0 (vLLM's worker processes shut down cleanly).
   within 1e-3 relative, passkey answers identical, per method (``CI_METHODS`` here, every method
   with LMEVAL_CTX_VLLM_ALL=1; the full table is ``benchmarks/vllm_equality.py``);
 - tensor_parallel_size=2 equal to 1 on a tiny Llama whose 2 heads split over 2 workers;
+- LongRoPE's lists on a tiny Llama past its trained length equal to ctx-hf;
 - ALiBi slopes inside vLLM: BLOOM and Falcon-ALiBi with ``pi`` and ``ntk`` equal to ctx-hf, and
   different from the unscaled model (so the slopes did reach vLLM).
 """
@@ -101,22 +102,48 @@ def test_tensor_parallel_two_workers_equal_one(tmp_path, tiny_folder):
     assert perplexities(two) == pytest.approx(perplexities(one), rel=1e-5)
 
 
+def test_longrope_equal_ctx_hf_beyond_the_trained_length(tmp_path, tiny_folder):
+    """LongRoPE's factor lists through vLLM (transformers' attention scale as vLLM's short_mscale and
+    long_mscale) on the tiny Llama (trained 128 tokens, 16 rotary frequencies) at 256 tokens: past
+    the trained length both engines use the long factors (within it vLLM would too, ctx-hf the short
+    ones: ctx-vllm logs that), and agree."""
+    short = ";".join(f"{1 + 0.05 * i:g}" for i in range(16))
+    long = ";".join(f"{1 + 0.25 * i:g}" for i in range(16))
+    hf, vllm = both(tmp_path, tiny_folder("llama"), f"scaling=longrope,factor=4,short_factor={short},long_factor={long}",
+                    "longppl", {"lengths": [256], "num_docs": 2})
+    assert perplexities(vllm[0]) == pytest.approx(perplexities(hf[0]), rel=RELATIVE)
+
+
 ALIBI_ALL = [("bloom", "pi"), ("bloom", "ntk"), ("falcon_alibi", "pi"), ("falcon_alibi", "ntk")]
+# CI (scripts/test.sh, inside its 45 minutes): one method per architecture, both methods overall
 ALIBI = ALIBI_ALL if os.environ.get("LMEVAL_CTX_VLLM_ALL") == "1" else [("bloom", "ntk"), ("falcon_alibi", "pi")]
+ALIBI_METADATA = {"lengths": [256], "num_docs": 2}
+
+
+@pytest.fixture(scope="session")
+def unscaled_perplexities(tmp_path_factory, tiny_folder):
+    """ctx-hf's figures for a tiny ALiBi model with its own slopes, once per architecture."""
+    cache = {}
+
+    def of(architecture):
+        if architecture not in cache:
+            own, _ = run_lm_eval("ctx-hf", f"pretrained={tiny_folder(architecture)},{HF_ARGS},max_length=512",
+                                 "longppl", ALIBI_METADATA, tmp_path_factory.mktemp(f"own-{architecture}"))
+            cache[architecture] = perplexities(own)
+        return cache[architecture]
+
+    return of
 
 
 @pytest.mark.parametrize("architecture, method", ALIBI)
-def test_alibi_slopes_inside_vllm_equal_ctx_hf(tmp_path, tiny_folder, architecture, method):
+def test_alibi_slopes_inside_vllm_equal_ctx_hf(tmp_path, tiny_folder, unscaled_perplexities, architecture, method):
     """Scaled slopes inside vLLM: ctx-vllm equal to ctx-hf, and unlike the model's own slopes."""
-    folder = tiny_folder(architecture)
-    metadata = {"lengths": [256], "num_docs": 2}
-    hf, vllm = both(tmp_path, folder, f"scaling={method},factor=4,original_max_length=128", "longppl", metadata)
+    hf, vllm = both(tmp_path, tiny_folder(architecture), f"scaling={method},factor=4,original_max_length=128",
+                    "longppl", ALIBI_METADATA)
     hf_ppl, vllm_ppl = perplexities(hf[0]), perplexities(vllm[0])
     assert vllm_ppl == pytest.approx(hf_ppl, rel=RELATIVE)
-    own, _ = run_lm_eval("ctx-hf", f"pretrained={folder},{HF_ARGS},max_length=512", "longppl", metadata,
-                         tmp_path / "own")
     # a random tiny model's perplexity hardly moves with the slopes (BLOOM ntk: 7.8e-6 relative), so
     # the slopes' effect is told from the two engines' difference (2e-7), not from a fixed tolerance:
     # had vLLM kept its own slopes, it would sit on the unscaled figure instead
-    for key, value in perplexities(own).items():
+    for key, value in unscaled_perplexities(architecture).items():
         assert abs(vllm_ppl[key] - value) > 10 * abs(vllm_ppl[key] - hf_ppl[key]), (key, value, vllm_ppl, hf_ppl)
