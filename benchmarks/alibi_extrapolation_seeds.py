@@ -13,7 +13,7 @@ seeds: the method is ahead (or behind) in every seed, and the pooled intervals d
 A seed whose result file already holds an evaluation is not run again (``--rerun`` forces it),
 so an interrupted run resumes.
 
-Usage (``scripts/alibi_extrapolation.sh`` runs this with the documented recipe)::
+Usage (``bash scripts/alibi_extrapolation.sh seeds --seeds 0,1,2,3,4`` sets up its venv and runs this)::
 
     python benchmarks/alibi_extrapolation_seeds.py --seeds 0,1,2,3,4
     python benchmarks/alibi_extrapolation_seeds.py --seeds 0,1 -- --steps 500   # extra args: per seed
