@@ -5,9 +5,9 @@ vLLM reads RoPE scaling from the Hugging Face config, overridable with
 and the window from ``max_model_len``. The same resolution and validation as
 ``ctx-hf`` produce the ``rope_parameters``; nothing here imports vLLM.
 
-- ``pi``: ``rope_type: linear``; ``yarn``: ``rope_type: yarn`` with its options, an explicit
-  ``attention_factor`` translated (see :func:`vllm_yarn_parameters`); ``ntk_by_parts``: YaRN
-  with ``attention_factor=1`` translated the same way;
+- ``pi``: ``rope_type: linear``; ``yarn``: ``rope_type: yarn`` with its options, ``attention_factor``
+  included (vLLM 0.32 reads it as transformers does, the whole attention scale:
+  ``YaRNScalingRotaryEmbedding``); ``ntk_by_parts``: YaRN with ``attention_factor=1``;
   ``ntk``: the default rope type with ``rope_theta`` scaled by ``s^(d/(d-2))``;
   ``dynamic_ntk`` is refused (vLLM's ``dynamic`` is one base for every length, see
   :func:`vllm_engine_args`).
@@ -39,25 +39,6 @@ from lmeval_ctx.extension.vllm_alibi import SLOPES_FIELD, alibi_overrides
 from lmeval_ctx.methods.catalog import ATTENTION_METHODS
 
 logger = plugin_logger(__name__)
-
-
-def vllm_yarn_parameters(params: dict) -> dict:
-    """transformers' YaRN ``rope_parameters`` as vLLM reads them.
-
-    transformers takes ``attention_factor`` as the whole attention scale (``0.1 ln s + 1`` when
-    absent); vLLM ignores that key and multiplies its own ``0.1 ln s + 1`` by ``attn_factor``
-    (default 1). So ``attention_factor = a`` becomes ``attn_factor = a / (0.1 ln s + 1)``; passed
-    through untranslated, vLLM would silently keep its default temperature. Per-layer-type
-    parameters (Gemma 3: ``{layer_type: params}``) are translated per layer type."""
-    if params and all(isinstance(v, dict) for v in params.values()):
-        return {layer_type: vllm_yarn_parameters(v) for layer_type, v in params.items()}
-    if params.get("rope_type") != "yarn" or params.get("attention_factor") is None:
-        return params
-    factor = float(params["factor"])
-    vllm_own_scale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
-    translated = {k: v for k, v in params.items() if k != "attention_factor"}
-    translated["attn_factor"] = float(params["attention_factor"]) / vllm_own_scale
-    return translated
 
 
 def vllm_longrope_parameters(params: dict, max_position_embeddings: int) -> dict:
@@ -128,7 +109,7 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         _refuse_clash(overrides, {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"},
                       ext.method)
         cfg = text_config(edited)
-        overrides["rope_parameters"] = vllm_longrope_parameters(vllm_yarn_parameters(cfg.rope_parameters),
+        overrides["rope_parameters"] = vllm_longrope_parameters(cfg.rope_parameters,
                                                                 cfg.max_position_embeddings)
     if ext.max_length is not None:
         # a window of L tokens is scored as L + 1 (lm-eval conditions the first on a prefix token; the

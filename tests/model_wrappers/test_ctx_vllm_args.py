@@ -45,20 +45,22 @@ def test_ntk_is_a_scaled_base_and_yarn_options_pass_through(llama):
 
 
 def vllm_yarn_scale(params: dict) -> float:
-    """The attention scale vLLM's YaRN applies (YaRNScalingRotaryEmbedding: its own mscale,
-    0.1 ln s + 1, times attn_factor; keys it does not know are ignored)."""
-    assert "attention_factor" not in params, "vLLM ignores attention_factor"
-    return (0.1 * math.log(params["factor"]) + 1) * params.get("attn_factor", 1.0)
+    """The attention scale vLLM 0.32's YaRN applies (yarn_scaling_rope.py, YaRNScalingRotaryEmbedding:
+    ``attention_factor`` when given, else its own 0.1 ln s + 1; get_rope passes it no other scale key,
+    so an ``attn_factor`` would be silently ignored)."""
+    assert "attn_factor" not in params, "vLLM 0.32's YaRN ignores attn_factor"
+    return params.get("attention_factor") or 0.1 * math.log(params["factor"]) + 1
 
 
 @pytest.mark.parametrize("request_args, expected_scale", [
     (dict(scaling="yarn", factor=4, attention_factor=1.2), 1.2),
     (dict(scaling="ntk_by_parts", factor=2), 1.0),  # YaRN's frequencies without the temperature
 ])
-def test_yarn_attention_factor_reaches_vllm_as_its_attn_factor(llama, request_args, expected_scale):
-    """transformers' attention_factor is the whole scale; vLLM multiplies attn_factor into its own
-    0.1 ln s + 1: the translated parameters give vLLM the scale transformers' YaRN computes from
-    the config ctx-hf writes."""
+def test_yarn_attention_factor_reaches_vllm_as_the_whole_scale(llama, request_args, expected_scale):
+    """transformers' and vLLM 0.32's YaRN both take attention_factor as the whole scale: the parameters
+    sent give vLLM the scale transformers' YaRN computes from the config ctx-hf writes. (An earlier
+    translation to attn_factor, which vLLM 0.32 ignores, gave ntk_by_parts YaRN's temperature
+    through vLLM: 29.2451 against ctx-hf's 28.7704 on SmolLM2 at 2k.)"""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     _, engine = vllm_engine_args(llama, **request_args)
