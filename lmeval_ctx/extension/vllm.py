@@ -41,6 +41,13 @@ from lmeval_ctx.methods.catalog import ATTENTION_METHODS
 logger = plugin_logger(__name__)
 
 
+def _parameter_sets(params: dict) -> list[dict]:
+    """The RoPE parameter dicts in ``rope_parameters``: one per layer type (Gemma 3:
+    ``{layer_type: params}``), or the one dict."""
+    nested = params and all(isinstance(v, dict) for v in params.values())
+    return list(params.values()) if nested else [params]
+
+
 def vllm_longrope_parameters(params: dict, max_position_embeddings: int) -> dict:
     """transformers' LongRoPE ``rope_parameters`` (Ding et al. 2024, arXiv:2402.13753) as vLLM reads them.
 
@@ -144,8 +151,7 @@ def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
     length times the factor: left alone. LongRoPE's scale would follow the field, so it is passed as
     ``short_mscale``/``long_mscale`` (:func:`vllm_longrope_parameters`)."""
     params = overrides.get("rope_parameters", getattr(cfg, "rope_parameters", None)) or {}
-    nested = params and all(isinstance(v, dict) for v in params.values())
-    types = {v.get("rope_type", "default") for v in params.values()} if nested else {params.get("rope_type", "default")}
+    types = {each.get("rope_type", "default") for each in _parameter_sets(params)}
     trained = getattr(cfg, "max_position_embeddings", None)
     if trained is not None and trained < positions and types <= _TABLE_SIZED_BY_MAX_POSITION:
         overrides.setdefault("max_position_embeddings", positions)
@@ -159,10 +165,8 @@ def _warn_longrope_factors(cfg, max_model_len: int | None) -> None:
     ``L`` keeps a valid KV cache (phi3_long_rope_scaled_rope.py, ``use_long_rope``); transformers, and
     so ``ctx-hf``, uses the short factors for an input of at most ``L`` tokens. Longer inputs get
     the long factors in both. A shipped ``longrope`` (Phi-3) and ``scaling=longrope`` alike."""
-    params = getattr(cfg, "rope_parameters", None) or {}
-    nested = params and all(isinstance(v, dict) for v in params.values())
     window = max_model_len or getattr(cfg, "max_position_embeddings", 0) or 0
-    for each in (params.values() if nested else [params]):
+    for each in _parameter_sets(getattr(cfg, "rope_parameters", None) or {}):
         original = each.get("original_max_position_embeddings")
         if each.get("rope_type") == "longrope" and original and window > original:
             logger.warning("LongRoPE through vLLM: with a window (%d) above the trained %d tokens vLLM applies the "

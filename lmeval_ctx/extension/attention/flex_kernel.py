@@ -153,10 +153,10 @@ def pair_plan(setting: AttentionSetting, query_positions: torch.Tensor, attentio
         return _LAST["plan"]
     key_positions = torch.arange(keys, device=query_positions.device)[None, :] + (query_positions[:, -1:] - (keys - 1))
     query_moves, key_moves = moves(setting, query_positions, key_positions)
-    device, padded = query_positions.device, padded_length(keys)
+    device, padded, padded_queries = query_positions.device, padded_length(keys), padded_length(query_positions.shape[1])
     block_mask = _block_mask(setting, query_positions.to(torch.int32), key_positions.to(torch.int32), attention_mask,
-                             padded_length(query_positions.shape[1]), padded)
-    plan = PairPlan(block_mask, padded_length(query_positions.shape[1]), padded, *cos_sin(query_moves, setting.inv_freq, dtype, device),
+                             padded_queries, padded)
+    plan = PairPlan(block_mask, padded_queries, padded, *cos_sin(query_moves, setting.inv_freq, dtype, device),
                     *cos_sin(key_moves, setting.inv_freq, dtype, device))
     _LAST.clear()
     _LAST.update(key=key, plan=plan, refs=tuple(weakref.ref(t) if t is not None else (lambda: None) for t in owners))

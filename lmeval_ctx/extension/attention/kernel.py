@@ -25,8 +25,8 @@ rotated at their true positions, and per layer an :class:`AttentionSetting`:
     ``q . k``) or its moved copy ``[0, k'_rot, k_pass]`` (scoring ``q' . k'``), and a mask that
     lets each pair use the copy the method's ``near`` says. Every key the block sees comes in
     both copies, interleaved once per call so that they are a view: nothing is gathered and
-    nothing is read back to the host (twice the products of the split path, no
-    synchronisation per block).
+    nothing is read back to the host (about four times the split path's products: two copies
+    at twice the width; no synchronisation per block).
 
   Both respect causality, padding and the method's ``visible``. Memory stays linear in the
   length (a block's masks are bounded, SDPA's fused kernel works in tiles). The cache keeps
@@ -287,7 +287,7 @@ class _JoinedKeys:
         moved_copies = torch.cat((zeros, moved_keys, key[..., rotary_dim:]), dim=-1)
         self.keys = torch.stack((true_copies, moved_copies), dim=3).flatten(2, 3)  # (batch, kv, 2 keys, width)
         padded = torch.nn.functional.pad(value, (0, true_copies.shape[-1] - value.shape[-1]))
-        self.values = torch.stack((padded, padded), dim=3).flatten(2, 3)
+        self.values = padded.repeat_interleave(2, dim=2)  # key j's value at 2j and 2j + 1
         self.value_dim, self.scaling = value.shape[-1], scaling
 
     def __call__(self, block: _Block) -> torch.Tensor:
