@@ -57,22 +57,35 @@ def token_logprobs(model: torch.nn.Module, tokens: list[int], first: int = 0) ->
     return scoring.target_logprobs(head, hidden, targets)[0][0].cpu()
 
 
-def evaluator_logprobs(model: torch.nn.Module, tokens: list[int], windows: list[tuple[int, int]]):
+def context_logprobs(model: torch.nn.Module, tokens: list[int], window: int, stride: int,
+                     whole_prefix: bool = False) -> torch.Tensor:
+    """``out[p] = log P(tokens[p] | its last window .. window + stride - 1 tokens)`` for ``p >= window``, from the
+    sliding windows of :func:`short_windows`; before ``window``: NaN, or with ``whole_prefix`` given every token
+    before ``p`` (one more pass, over the first ``window`` tokens)."""
+    out = torch.full((len(tokens),), math.nan, dtype=torch.float64)
+    head = tokens[:window]
+    if whole_prefix and len(head) > 1:
+        out[1:len(head)] = token_logprobs(model, head)
+    for start, stop in short_windows(len(tokens), window, stride):
+        out[start + window:stop] = token_logprobs(model, tokens[start:stop], first=window - 1)
+    return out
+
+
+def evaluator_logprobs(model: torch.nn.Module, tokens: list[int], windows: list[tuple[int, int]],
+                       long: tuple[int, int] | None = None):
     """The evaluator's per-position log-probabilities: ``(full, {(K, stride): short})``.
 
-    ``full[p] = log P(tokens[p] | tokens[:p])`` (NaN at 0); ``short[p]`` the same given the
-    short context of :func:`short_windows` (NaN before ``K``). One pass over all tokens, and one
-    per short window: ``(len - K) / stride`` passes of ``K + stride`` tokens for each ``(K, stride)``.
+    ``full[p] = log P(tokens[p] | tokens[:p])`` (NaN at 0), one pass over all tokens; with ``long =
+    (N, stride)`` each token is given at most its last ``N`` to ``N + stride - 1`` tokens instead (every
+    token before it when there are fewer), for an evaluator whose window is shorter than the tokens.
+    ``short[p]`` the same given the short context of :func:`short_windows` (NaN before ``K``): ``(len - K) /
+    stride`` passes of ``K + stride`` tokens for each ``(K, stride)``.
     """
-    nan = torch.tensor([math.nan], dtype=torch.float64)
-    full = torch.cat([nan, token_logprobs(model, tokens)])
-    shorts = {}
-    for window, stride in windows:
-        short = torch.full((len(tokens),), math.nan, dtype=torch.float64)
-        for start, stop in short_windows(len(tokens), window, stride):
-            short[start + window:stop] = token_logprobs(model, tokens[start:stop], first=window - 1)
-        shorts[(window, stride)] = short
-    return full, shorts
+    if long is None:
+        full = torch.cat([torch.tensor([math.nan], dtype=torch.float64), token_logprobs(model, tokens)])
+    else:
+        full = context_logprobs(model, tokens, *long, whole_prefix=True)
+    return full, {pair: context_logprobs(model, tokens, *pair) for pair in windows}
 
 
 def select_key_tokens(full: torch.Tensor, short: torch.Tensor, alpha: float, beta: float) -> list[int]:
@@ -160,6 +173,7 @@ def key_token_loglikelihood(lm, requests, loglikelihood, disable_tqdm: bool = Fa
 __all__ = [
     "KEY_OFFSETS_FIELD",
     "KeyTokenScore",
+    "context_logprobs",
     "evaluator_logprobs",
     "key_token_loglikelihood",
     "load_evaluator",

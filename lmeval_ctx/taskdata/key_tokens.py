@@ -10,7 +10,9 @@ given ``key_tokens: true``, chooses them when it builds its windows:
 - an evaluator must read every length as trained: a length beyond its window (its config's
   length field) is refused, since an unscaled model there is no judge of what the far context
   gives. Beyond the evaluated model's window, name a long-context evaluator with
-  ``key_token_model`` (the authors use one fixed strong model), or a file it filled;
+  ``key_token_model`` (the authors use one fixed strong model), or a file it filled, or cap the
+  evaluator's context with ``key_long_window`` (each token given at most its last N to N + s - 1
+  tokens, read within the evaluator's window: key tokens then gain from K to N tokens of context);
 - the choice is written to ``key_tokens_file`` (default: a file in the user's cache named by a
   digest of everything it depends on) and read back by every later run with the same
   evaluator, settings and window tokens, so a sweep over methods pays for it once;
@@ -36,7 +38,7 @@ from lmeval_ctx.taskdata.longppl import TokenizedDocument
 eval_logger = plugin_logger(__name__)
 
 KEY_TASK_KEYS = ("key_tokens", "key_window", "key_stride", "key_alpha", "key_beta", "key_token_model",
-                 "key_tokens_file")
+                 "key_tokens_file", "key_long_window")
 # The paper's short context and thresholds.
 DEFAULT_KEY_WINDOW, DEFAULT_ALPHA, DEFAULT_BETA = 4096, 2.0, -2.0
 # Evaluator checkpoint keys taken from the model args when the evaluator is the evaluated checkpoint.
@@ -53,6 +55,7 @@ class KeyTokenSettings:
     beta: float
     model: str | None
     file: str | None
+    long_window: int | None = None  # N: the evaluator's longest context; None: the whole window
 
     def short_context(self, length: int) -> tuple[int, int]:
         """``(K, stride)`` at ``length``."""
@@ -60,7 +63,29 @@ class KeyTokenSettings:
         if window < 1 or window >= length:
             raise ValueError(f"key_window={window} must be at least 1 and below the length {length}: the short "
                              "context must be shorter than the window. Give a smaller key_window, or longer lengths.")
-        return window, self.stride if self.stride is not None else max(1, window // 4)
+        if self.long_window is not None and window >= min(self.long_window, length):
+            raise ValueError(f"key_window={window} must be below key_long_window={self.long_window}: the short "
+                             "context must be shorter than the long one. Give a smaller key_window.")
+        return window, self._stride(window)
+
+    def long_context(self) -> tuple[int, int] | None:
+        """``(N, stride)`` of the evaluator's capped context, None for the whole window."""
+        return None if self.long_window is None else (self.long_window, self._stride(self.long_window))
+
+    def evaluator_reach(self, longest: int) -> int:
+        """The most tokens the evaluator reads at once for windows of up to ``longest`` tokens."""
+        long = self.long_context()
+        return longest if long is None else min(longest, long[0] + long[1] - 1)
+
+    def largest_long_window(self, trained: int) -> int:
+        """The largest ``key_long_window`` an evaluator trained to ``trained`` tokens reads within its window."""
+        window = trained
+        while window > 1 and window + self._stride(window) - 1 > trained:
+            window -= 1
+        return window
+
+    def _stride(self, window: int) -> int:
+        return self.stride if self.stride is not None else max(1, window // 4)
 
 
 def _number(settings: dict, key: str, default, kind):
@@ -92,7 +117,8 @@ def key_token_settings(settings: dict, stride) -> KeyTokenSettings | None:
     return KeyTokenSettings(_number(settings, "key_window", None, int), _number(settings, "key_stride", None, int),
                             _number(settings, "key_alpha", DEFAULT_ALPHA, float),
                             _number(settings, "key_beta", DEFAULT_BETA, float),
-                            settings.get("key_token_model") or None, settings.get("key_tokens_file") or None)
+                            settings.get("key_token_model") or None, settings.get("key_tokens_file") or None,
+                            _number(settings, "key_long_window", None, int))
 
 
 def _evaluator(key: KeyTokenSettings, settings: dict) -> dict:
@@ -103,16 +129,23 @@ def _evaluator(key: KeyTokenSettings, settings: dict) -> dict:
 
 
 def check_evaluator(key: KeyTokenSettings, settings: dict, longest: int, tokenizer) -> dict:
-    """The evaluator's arguments, once its window covers ``longest`` and it tokenizes as the evaluated model."""
+    """The evaluator's arguments, once its window covers what it reads and it tokenizes as the evaluated model."""
     args = _evaluator(key, settings)
     trained = lm_eval_window(load_config(args))
-    if longest > trained:
+    if key.evaluator_reach(longest) > trained:
         who = f"key_token_model={key.model!r}" if key.model else f"the evaluated checkpoint {args.get('pretrained')!r}"
+        largest = key.largest_long_window(trained)
+        if key.long_window is not None:
+            raise ValueError(
+                f"key_long_window={key.long_window}: the evaluator ({who}) would read {key.evaluator_reach(longest)} "
+                f"tokens at once (N + stride - 1), past its trained {trained}. Give key_long_window={largest} or less.")
         raise ValueError(
             f"key_tokens at length {longest}: the evaluator ({who}, with no context-extension method) is trained to "
             f"{trained} tokens, so its log-probabilities beyond that say nothing about the far context. Name an "
             "evaluator trained to at least that length with key_token_model=<folder or hub name> (LongPPL's authors "
-            "use one fixed long-context model), or run lengths up to the evaluator's window.")
+            "use one fixed long-context model), run lengths up to the evaluator's window, or cap its context with "
+            f"key_long_window={largest} (key tokens are then those it predicts better from its last {largest} tokens "
+            "than from its last key_window).")
     if key.model and load_tokenizer(args).get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"key_token_model={key.model!r} has another vocabulary than the evaluated model: key tokens "
                          "are positions in the evaluated model's tokens. Name an evaluator with the same tokenizer.")
@@ -153,6 +186,8 @@ def choose_key_tokens(key: KeyTokenSettings, settings: dict, tokenizer, windows:
                 "evaluator_dtype": settings.get("dtype") or "float32", "alpha": key.alpha, "beta": key.beta,
                 "short_context": {str(length): list(pair) for length, pair in sorted(contexts.items())},
                 "tokens_sha256": hashlib.sha256(json.dumps([tokens[d] for d in sorted(tokens)]).encode()).hexdigest()}
+    if key.long_window is not None:  # absent otherwise, so files chosen with the whole window keep their digest
+        identity["long_context"] = list(key.long_context())
     path = Path(key.file) if key.file else _cache_file(identity)
     chosen = _read(path, identity)
     if chosen is None:
@@ -173,7 +208,7 @@ def _run_evaluator(evaluator: dict, settings: dict, windows, tokens, contexts, k
                            settings.get("dtype"), settings.get("device"))
     chosen = {}
     for doc in sorted(tokens):
-        full, shorts = evaluator_logprobs(model, tokens[doc], sorted(set(contexts.values())))
+        full, shorts = evaluator_logprobs(model, tokens[doc], sorted(set(contexts.values())), key.long_context())
         for row in (row for row in windows if row["doc_index"] == doc):
             n = row["window_tokens"]
             short = shorts[contexts[row["length"]]]

@@ -72,6 +72,26 @@ def test_key_tokens_match_a_direct_computation(tiny_model_dir):
     assert select_key_tokens(torch.tensor([0.0, -1.0, -3.0]), torch.tensor([-2.5, -4.0, -9.0]), 2.0, -2.0) == [0, 1]
 
 
+def test_a_capped_long_context_matches_a_direct_computation(tiny_model_dir):
+    """key_long_window: each token given its last N..N+s-1 tokens (all before it below N), one softmax each."""
+    folder = tiny_model_dir("llama")
+    tokens, long_window, stride = corpus_tokens(128), 48, 8
+    reference_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
+    expected = [math.nan]
+    with torch.no_grad():
+        for p in range(1, len(tokens)):
+            start = 0 if p < long_window else (p - long_window) // stride * stride
+            logits = reference_model(torch.tensor([tokens[start:p]])).logits[0, -1]
+            expected.append(float(torch.log_softmax(logits, -1)[tokens[p]]))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    full, shorts = evaluator_logprobs(model, tokens, [(16, 4)], long=(long_window, stride))
+    assert math.isnan(full[0]) and torch.allclose(full[1:], torch.tensor(expected[1:], dtype=torch.float64), atol=1e-4)
+    whole, _ = evaluator_logprobs(model, tokens, [])
+    assert torch.allclose(full[1:long_window], whole[1:long_window], atol=1e-5)  # below N: the whole prefix
+    assert (full[long_window + stride:] - whole[long_window + stride:]).abs().max() > 1e-3  # beyond: capped
+    assert torch.isnan(shorts[(16, 4)][:16]).all() and not torch.isnan(shorts[(16, 4)][16:]).any()
+
+
 def lm_eval(*args, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([LM_EVAL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)

@@ -52,6 +52,24 @@ def test_evaluator_beyond_its_trained_window_is_refused(tiny_model_dir):
         check_evaluator(key, {"pretrained": folder, "scaling": "yarn", "factor": 2}, 256, char_tokenizer())
 
 
+def test_a_capped_evaluator_context_reads_within_its_window(tiny_model_dir):
+    folder = str(tiny_model_dir("llama"))  # trained to 128 tokens
+    key = key_token_settings({"key_tokens": True, "key_long_window": 96}, stride=None)
+    assert key.long_context() == (96, 24) and key.evaluator_reach(256) == 119 and key.evaluator_reach(64) == 64
+    assert key.largest_long_window(128) == 103  # 103 + 25 - 1 = 127 tokens at once; 104 + 26 - 1 = 129
+    assert check_evaluator(key, {"pretrained": folder}, 256, char_tokenizer()) == {"pretrained": folder}
+    too_long = key_token_settings({"key_tokens": True, "key_long_window": 120}, stride=None)
+    with pytest.raises(ValueError, match=r"key_long_window=120: .* read 149 tokens at once .* trained 128\. "
+                                         r"Give key_long_window=103 or less"):
+        check_evaluator(too_long, {"pretrained": folder}, 256, char_tokenizer())
+    with pytest.raises(ValueError, match=r"or cap its context with key_long_window=103"):
+        check_evaluator(key_token_settings({"key_tokens": True}, None), {"pretrained": folder}, 256, char_tokenizer())
+    with pytest.raises(ValueError, match=r"key_window=96 must be below key_long_window=96"):
+        key_token_settings({"key_tokens": True, "key_long_window": 96, "key_window": 96}, None).short_context(256)
+    with pytest.raises(ValueError, match=r"key_long_window=0 must be a positive whole number"):
+        key_token_settings({"key_tokens": True, "key_long_window": 0}, None)
+
+
 def test_a_key_token_file_of_other_settings_is_refused(tmp_path):
     path = tmp_path / "keys.json"
     path.write_text(json.dumps({"identity": {"alpha": 2.0, "beta": -2.0}, "key_tokens": {"0:64": [40]}}))
