@@ -36,6 +36,7 @@ from lmeval_ctx.extension.lifecycle import extend
 from lmeval_ctx.extension.request import EXTENSION_ARGS as CTX_HF_EXTENSION_ARGS
 from lmeval_ctx.extension.request import ContextExtension
 from lmeval_ctx.extension.vllm_alibi import SLOPES_FIELD, alibi_overrides
+from lmeval_ctx.extension.window import lm_eval_window
 from lmeval_ctx.methods.catalog import ATTENTION_METHODS
 
 logger = plugin_logger(__name__)
@@ -118,18 +119,20 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         cfg = text_config(edited)
         overrides["rope_parameters"] = vllm_longrope_parameters(cfg.rope_parameters,
                                                                 cfg.max_position_embeddings)
-    if ext.max_length is not None:
-        # a window of L tokens is scored as L + 1 (lm-eval conditions the first on a prefix token; the
-        # last is only a target, as ctx-hf counts it), and vLLM runs every prompt token, the last too:
-        # without the extra position lm-eval's vLLM model cuts the conditioning token off a full window
-        engine["max_model_len"] = ext.max_length + 1
-        # vLLM refuses a max_model_len above the length it derives from the config (the trained
-        # length, times the factor for some rope types only, capped by the tokenizer's) unless the
-        # config's model_max_length allows it: state the window there rather than setting
-        # VLLM_ALLOW_LONG_MAX_MODEL_LEN for the whole process (vllm/config/model.py,
-        # _get_and_verify_max_len). model_max_length is read for nothing else.
-        overrides.setdefault("model_max_length", engine["max_model_len"])
-        _cover_the_window(overrides, text_config(edited), engine["max_model_len"])
+    # the window: max_length or the method's, else lm-eval's rule on the config as for ctx-hf (not vLLM's
+    # own derived length, which is the same L but gets no extra position). A window of L tokens is scored
+    # as L + 1 (lm-eval conditions the first on a prefix token; the last is only a target, as ctx-hf
+    # counts it), and vLLM runs every prompt token, the last too: without the extra position lm-eval's
+    # vLLM model cuts the conditioning token off a full window and fails reading its log-probabilities
+    window = ext.max_length if ext.max_length is not None else lm_eval_window(text_config(edited))
+    engine["max_model_len"] = window + 1
+    # vLLM refuses a max_model_len above the length it derives from the config (the trained
+    # length, times the factor for some rope types only, capped by the tokenizer's) unless the
+    # config's model_max_length allows it: state the window there rather than setting
+    # VLLM_ALLOW_LONG_MAX_MODEL_LEN for the whole process (vllm/config/model.py,
+    # _get_and_verify_max_len). model_max_length is read for nothing else.
+    overrides.setdefault("model_max_length", engine["max_model_len"])
+    _cover_the_window(overrides, text_config(edited), engine["max_model_len"])
     _warn_longrope_factors(text_config(edited), engine.get("max_model_len"))
     if overrides:
         engine["hf_overrides"] = overrides

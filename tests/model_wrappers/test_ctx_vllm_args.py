@@ -85,8 +85,11 @@ def test_dynamic_ntk_is_refused_and_vllm_gets_a_rotary_table_for_the_window(llam
     assert "max_position_embeddings" not in engine["hf_overrides"]
 
 
-def test_none_leaves_vllm_alone_and_user_overrides_are_kept(llama):
-    assert vllm_engine_args(llama)[1] == {}
+def test_none_states_the_window_plus_one_and_user_overrides_are_kept(llama):
+    """The unscaled window is lm-eval's (the config's 128) scored as 129 tokens, as ctx-hf scores it: left to
+    vLLM, the window would be 128 positions and a full-window request would lose its conditioning token."""
+    assert vllm_engine_args(llama)[1] == {"max_model_len": 129, "hf_overrides": {
+        "model_max_length": 129, "max_position_embeddings": 129}}
     assert vllm_engine_args(llama, max_model_len=256)[1] == {"max_model_len": 257, "hf_overrides": {
         "model_max_length": 257, "max_position_embeddings": 257}}
     _, engine = vllm_engine_args(llama, scaling="pi", factor=2, hf_overrides={"sliding_window": None})

@@ -40,8 +40,8 @@ def test_alibi_methods_vllm_cannot_hold_are_refused():
     with pytest.raises(ValueError, match="hf_overrides sets architectures while scaling=pi"):
         vllm_engine_args(config, scaling="pi", factor=2, original_max_length=128,
                          hf_overrides={"architectures": ["BloomForCausalLM"]})
-    _, engine = vllm_engine_args(config)  # the model's own slopes: vLLM's own model, nothing overridden
-    assert "hf_overrides" not in engine
+    _, engine = vllm_engine_args(config)  # the model's own slopes: vLLM's own model, only the window stated
+    assert engine == {"max_model_len": 2049, "hf_overrides": {"model_max_length": 2049}}
 
 
 def test_the_cpu_build_answers_for_vllm_only_while_lm_eval_imports(monkeypatch):
