@@ -16,7 +16,8 @@ Every engine is warmed up at two short lengths first, so FlexAttention's compila
 then dynamic lengths) is not timed. Run ``python benchmarks/attention_engines.py`` (about 25
 minutes, one thread); ``--models smollm2 --smollm2-lengths 16384 --keep`` measures one model at
 one length and keeps the result file's other measurements; ``--docs`` rewrites the table in
-docs/attention_methods.md from the result file. ``--family`` picks the model family (``rope``; the ALiBi engines may add ``alibi``).
+docs/attention_methods.md from the result file. ``--family`` picks the model family (``rope``; the
+ALiBi engines may add ``alibi``).
 """
 
 from __future__ import annotations

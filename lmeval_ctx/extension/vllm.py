@@ -93,6 +93,7 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
         raise TypeError(f"Unknown context-extension argument(s): {', '.join(sorted(unknown))}.")
     edited = copy.deepcopy(config)
     ext = extend(edited, {**request, "max_length": max_model_len}).extension
+    cfg = text_config(edited)
     if ext.family == "rope" and ext.method == "dynamic_ntk":
         # vllm/model_executor/layers/rotary_embedding/dynamic_ntk_scaling_rope.py: one base for every
         # length, base * (s * max_position / max_trained - (s - 1))^(d/(d-2)), which is the unscaled
@@ -116,7 +117,6 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     elif ext.method != "none" or "rope_theta" in ext.options:
         _refuse_clash(overrides, {"rope_parameters", "rope_scaling", "rope_theta", "max_position_embeddings"},
                       ext.method)
-        cfg = text_config(edited)
         overrides["rope_parameters"] = vllm_longrope_parameters(cfg.rope_parameters,
                                                                 cfg.max_position_embeddings)
     # the window: max_length or the method's, else lm-eval's rule on the config as for ctx-hf (not vLLM's
@@ -124,7 +124,7 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     # as L + 1 (lm-eval conditions the first on a prefix token; the last is only a target, as ctx-hf
     # counts it), and vLLM runs every prompt token, the last too: without the extra position lm-eval's
     # vLLM model cuts the conditioning token off a full window and fails reading its log-probabilities
-    window = ext.max_length if ext.max_length is not None else lm_eval_window(text_config(edited))
+    window = ext.max_length if ext.max_length is not None else lm_eval_window(cfg)
     engine["max_model_len"] = window + 1
     # vLLM refuses a max_model_len above the length it derives from the config (the trained
     # length, times the factor for some rope types only, capped by the tokenizer's) unless the
@@ -132,8 +132,8 @@ def vllm_engine_args(config, max_model_len: int | None = None, hf_overrides: dic
     # VLLM_ALLOW_LONG_MAX_MODEL_LEN for the whole process (vllm/config/model.py,
     # _get_and_verify_max_len). model_max_length is read for nothing else.
     overrides.setdefault("model_max_length", engine["max_model_len"])
-    _cover_the_window(overrides, text_config(edited), engine["max_model_len"])
-    _warn_longrope_factors(text_config(edited), engine.get("max_model_len"))
+    _cover_the_window(overrides, cfg, engine["max_model_len"])
+    _warn_longrope_factors(cfg, engine["max_model_len"])
     if overrides:
         engine["hf_overrides"] = overrides
     return ext, engine
@@ -160,21 +160,20 @@ def _cover_the_window(overrides: dict, cfg, positions: int) -> None:
         overrides.setdefault("max_position_embeddings", positions)
 
 
-def _warn_longrope_factors(cfg, max_model_len: int | None) -> None:
+def _warn_longrope_factors(cfg, max_model_len: int) -> None:
     """Log that vLLM and ctx-hf choose LongRoPE's factors differently, where they do.
 
-    Once its window (``max_model_len``, else the config's ``max_position_embeddings``) exceeds the
-    trained length ``L``, vLLM applies the long factors to every input, so that a sequence crossing
-    ``L`` keeps a valid KV cache (phi3_long_rope_scaled_rope.py, ``use_long_rope``); transformers, and
-    so ``ctx-hf``, uses the short factors for an input of at most ``L`` tokens. Longer inputs get
-    the long factors in both. A shipped ``longrope`` (Phi-3) and ``scaling=longrope`` alike."""
-    window = max_model_len or getattr(cfg, "max_position_embeddings", 0) or 0
+    Once its window ``max_model_len`` exceeds the trained length ``L``, vLLM applies the long factors
+    to every input, so that a sequence crossing ``L`` keeps a valid KV cache
+    (phi3_long_rope_scaled_rope.py, ``use_long_rope``); transformers, and so ``ctx-hf``, uses the short
+    factors for an input of at most ``L`` tokens. Longer inputs get the long factors in both. A shipped ``longrope`` (Phi-3) and ``scaling=longrope`` alike."""
     for each in _parameter_sets(getattr(cfg, "rope_parameters", None) or {}):
         original = each.get("original_max_position_embeddings")
-        if each.get("rope_type") == "longrope" and original and window > original:
+        if each.get("rope_type") == "longrope" and original and max_model_len > original:
             logger.warning("LongRoPE through vLLM: with a window (%d) above the trained %d tokens vLLM applies the "
                            "long factors to every input; transformers (and ctx-hf) use the short factors for inputs "
-                           "of at most %d tokens, so only longer inputs score as in ctx-hf.", window, original, original)
+                           "of at most %d tokens, so only longer inputs score as in ctx-hf.", max_model_len, original,
+                           original)
             return
 
 
